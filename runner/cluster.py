@@ -1,0 +1,163 @@
+"""Ray: connect to a cluster or start an embedded one, the shard task, results in completion order.
+
+The embedded local Ray is just a cluster of one node: local and distributed runs take the same path.
+Node and worker loss are retried by Ray itself (``max_retries``); test failures come back as data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from runner.container import ShardOutcome, ShardRequest, remove_run_containers, run_shard
+from runner.errors import EnvironmentProblem
+
+
+def execute_shard(request: ShardRequest, tarball: bytes) -> ShardOutcome:
+    """The Ray task body: run one shard attempt in a container on whichever node Ray chose."""
+    import ray
+
+    gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
+    return run_shard(request, tarball, gpu_ids)
+
+
+def cleanup_node(run_id: str) -> int:
+    """Remove this run's containers from the node this runs on."""
+    return remove_run_containers(run_id)
+
+
+@dataclass
+class Cluster:
+    """A connected Ray cluster; ``started`` when matrix-run started it (and so must stop it)."""
+
+    address: str
+    started: bool
+    cpus: float
+    gpus: float
+
+    def slots(self, cpus_per_shard: float) -> int:
+        return max(1, int(self.cpus // max(cpus_per_shard, 0.01)))
+
+
+_remote_task: Any = None
+_remote_cleanup: Any = None
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
+    """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray; quiet, no dashboard."""
+    import ray
+
+    global _remote_task, _remote_cleanup
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": logging.ERROR,
+    }
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        if address:
+            import runner
+
+            kwargs.pop("include_dashboard")
+            ray.init(address=address, runtime_env={"py_modules": [runner]}, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "an embedded local Ray"
+        raise EnvironmentProblem(
+            f"Ray cluster not reachable at {where}: {str(exc).splitlines()[0][:160]}; "
+            "check --address / RAY_ADDRESS, or omit it to run on an embedded local Ray"
+        ) from None
+    if _remote_task is None:
+        _remote_task = ray.remote(execute_shard)
+        _remote_cleanup = ray.remote(cleanup_node)
+    res = ray.cluster_resources()
+    return Cluster(
+        address=address or "local",
+        started=not address,
+        cpus=float(res.get("CPU", 1)),
+        gpus=float(res.get("GPU", 0)),
+    )
+
+
+def submit(request: ShardRequest, tarball_ref: Any, max_retries: int) -> Any:
+    """Submit one shard attempt; returns its ObjectRef."""
+    res = request.resources
+    return _remote_task.options(
+        num_cpus=res.cpus,
+        num_gpus=res.gpus,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        name=f"{request.cell_id}/{request.shard}/attempt-{request.attempt}",
+    ).remote(request, tarball_ref)
+
+
+def put(data: bytes) -> Any:
+    import ray
+
+    return ray.put(data)
+
+
+def completed(refs: list[Any], timeout: float) -> Iterator[tuple[Any, ShardOutcome | None, str]]:
+    """Yield (ref, outcome, error) for refs that finished within ``timeout``, in completion order."""
+    import ray
+    import ray.exceptions
+
+    if not refs:
+        time.sleep(timeout)
+        return
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+    for ref in done:
+        try:
+            yield ref, ray.get(ref), ""
+        except ray.exceptions.TaskCancelledError:
+            yield ref, None, "cancelled"
+        except ray.exceptions.RayError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            yield ref, None, f"ray: {exc.__class__.__name__}: {first}"[:500]
+
+
+def cancel(refs: list[Any]) -> None:
+    import ray
+
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True, recursive=True)
+        except Exception:  # already finished or its worker is gone: nothing to cancel
+            pass
+
+
+def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:
+    """Remove this run's containers on every alive node (and locally); returns how many were removed."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    removed = remove_run_containers(run_id)
+    if not ray.is_initialized() or _remote_cleanup is None:
+        return removed
+    refs = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        refs.append(_remote_cleanup.options(num_cpus=0, scheduling_strategy=strategy).remote(run_id))
+    try:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        removed += sum(int(ray.get(r)) for r in ready)
+    except Exception:  # a node died during cleanup; its engine is checked again at the next run
+        pass
+    return removed
+
+
+def shutdown(cluster: Cluster | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

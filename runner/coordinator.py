@@ -1,0 +1,332 @@
+"""One run of a matrix: images -> Ray tasks -> outcomes in completion order -> reruns -> cell results.
+
+The coordinator owns the run's mutable state (which shards are queued, running, done; the attempts each
+produced). Everything it decides is delegated: results.py classifies, retry.py picks reruns, images.py builds,
+cluster.py talks to Ray. Raw shard outputs are written to the output folder as they arrive, so a failure later
+in the run loses nothing already produced.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from runner import cluster, engine, images
+from runner.config import MatrixFile
+from runner.container import ShardOutcome, ShardRequest
+from runner.images import ImageSpec
+from runner.matrix import Cell
+from runner.plan import Shard
+from runner.progress import View
+from runner.results import BAD, Attempt, CellResult, Status, cell_status, evaluate, fold
+from runner.retry import Budget, decide
+from runner.source import SourceTree
+
+
+@dataclass
+class ShardState:
+    shard: Shard
+    cell: Cell
+    budget: Budget
+    attempts: list[Attempt] = field(default_factory=list)
+    next_attempt: int = 1
+    done: bool = False
+    cancelled: bool = False
+    started: float = 0.0
+    ended: float = 0.0
+
+
+@dataclass
+class RunOptions:
+    run_id: str
+    out: Path
+    address: str | None = None
+    max_parallel: int = 0
+    fail_fast: bool = True
+    flaky_retries: int = 0
+    infra_retries: int = 2
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class RunResults:
+    run_id: str
+    cells: list[CellResult]
+    interrupted: bool
+    cancelled: bool
+    duration: float
+    images_built: int
+    images_reused: int
+
+
+class Coordinator:
+    def __init__(
+        self,
+        mf: MatrixFile,
+        cells: list[Cell],
+        shards: dict[str, list[Shard]],
+        specs: dict[str, ImageSpec],
+        tree: SourceTree,
+        options: RunOptions,
+        view: View,
+    ) -> None:
+        self.mf = mf
+        self.cells = {c.id: c for c in cells}
+        self.specs = specs
+        self.tree = tree
+        self.opt = options
+        self.view = view
+        self.states: dict[str, list[ShardState]] = {
+            cid: [ShardState(s, self.cells[cid], Budget(options.flaky_retries, options.infra_retries)) for s in ss]
+            for cid, ss in shards.items()
+        }
+        self.build_errors: dict[str, str] = {}
+        self.image_tags: dict[str, str] = {}
+        self.queue: list[tuple[int, float, int, ShardState, tuple[str, ...]]] = []
+        self.seq = itertools.count()
+        self.inflight: dict[Any, tuple[ShardState, ShardRequest]] = {}
+        self.interrupted = threading.Event()
+        self.cancelled = False
+        self.finished_cells: set[str] = set()
+        self.images_built = 0
+        self.images_reused = 0
+        self.shard_dir = options.out / "shards"
+        self.log_dir = options.out / "logs"
+
+    # ------------------------------------------------------------------------------------------------ signals
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.interrupted.is_set():
+            raise KeyboardInterrupt  # second Ctrl-C: leave at once
+        self.interrupted.set()
+        self.view.note("interrupted: stopping shards and removing containers (Ctrl-C again to quit at once)")
+
+    # ------------------------------------------------------------------------------------------------ the run
+
+    def run(self) -> RunResults:
+        started = time.monotonic()
+        client = engine.connect()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="matrix-run-build")
+        ray_cluster = None
+        try:
+            builds = self._start_builds(pool, client)
+            ray_cluster = cluster.connect(self.opt.address)
+            tarball = cluster.put(self.tree.tarball)
+            capacity = self.opt.max_parallel or 10**9
+            while not self.interrupted.is_set():
+                self._collect_builds(builds)
+                while self.queue and len(self.inflight) < capacity and not self.cancelled:
+                    self._submit(heapq.heappop(self.queue), tarball)
+                if not self.inflight and not self.queue and not builds:
+                    break
+                for ref, outcome, error in cluster.completed(list(self.inflight), timeout=0.2):
+                    self._handle(ref, outcome, error)
+                    if self.interrupted.is_set():
+                        break
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self._stop_everything()
+            pool.shutdown(wait=not self.interrupted.is_set(), cancel_futures=True)
+            if ray_cluster is not None:
+                cluster.shutdown(ray_cluster)
+        results = [self._cell_result(cid) for cid in self.cells]
+        return RunResults(
+            run_id=self.opt.run_id,
+            cells=results,
+            interrupted=self.interrupted.is_set(),
+            cancelled=self.cancelled,
+            duration=time.monotonic() - started,
+            images_built=self.images_built,
+            images_reused=self.images_reused,
+        )
+
+    def _stop_everything(self) -> None:
+        if self.inflight:
+            cluster.cancel(list(self.inflight))
+            for state, _ in self.inflight.values():
+                state.cancelled = True
+            self.inflight.clear()
+        for entry in self.queue:
+            entry[3].cancelled = True
+        self.queue.clear()
+        try:
+            removed = cluster.cleanup_all_nodes(self.opt.run_id)
+        except Exception:  # Ray already down: clean the local engine at least
+            from runner.container import remove_run_containers
+
+            removed = remove_run_containers(self.opt.run_id)
+        if removed:
+            self.view.note(f"removed {removed} container(s) of run {self.opt.run_id}")
+
+    # ------------------------------------------------------------------------------------------------ images
+
+    def _start_builds(self, pool: ThreadPoolExecutor, client: Any) -> dict[Future[tuple[str, bool]], list[str]]:
+        by_tag: dict[str, list[str]] = {}
+        for cid in self.cells:
+            by_tag.setdefault(self.specs[cid].tag, []).append(cid)
+        builds: dict[Future[tuple[str, bool]], list[str]] = {}
+        logs = self.opt.out / "images"
+        for tag, cids in by_tag.items():
+            for cid in cids:
+                self.view.image(cid, "checking")
+            log = logs / f"{tag.split(':')[-1]}.log"
+            builds[pool.submit(images.ensure, client, self.specs[cids[0]], log)] = cids
+        return builds
+
+    def _collect_builds(self, builds: dict[Future[tuple[str, bool]], list[str]]) -> None:
+        for fut in [f for f in builds if f.done()]:
+            cids = builds.pop(fut)
+            try:
+                tag, built = fut.result()
+            except images.BuildFailed as exc:
+                log = self.opt.out / "images" / f"{self.specs[cids[0]].tag.split(':')[-1]}.log"
+                for cid in cids:
+                    self.build_errors[cid] = f"image build failed: {exc}; full log: {log}\n{exc.log_tail}"
+                    self.view.image(cid, "failed", str(exc))
+                    self._finish_cell(cid)
+                continue
+            except Exception as exc:  # a Docker or environment problem: fails these cells only
+                for cid in cids:
+                    self.build_errors[cid] = f"image build failed: {exc.__class__.__name__}: {exc}"
+                    self.view.image(cid, "failed", str(exc))
+                    self._finish_cell(cid)
+                continue
+            if built:
+                self.images_built += 1
+            else:
+                self.images_reused += 1
+            for cid in cids:
+                self.image_tags[cid] = tag
+                self.view.image(cid, "built" if built else "cached", tag)
+                for state in self.states[cid]:
+                    self._enqueue(state, ())
+
+    # ------------------------------------------------------------------------------------------------ shards
+
+    def _enqueue(self, state: ShardState, select: tuple[str, ...]) -> None:
+        # reruns first (they hold a cell back), then the longest predicted shard (LPT across the matrix)
+        rank = 0 if state.next_attempt > 1 else 1
+        heapq.heappush(self.queue, (rank, -state.shard.predicted, next(self.seq), state, select))
+
+    def _submit(self, entry: tuple[int, float, int, ShardState, tuple[str, ...]], tarball: Any) -> None:
+        state, select = entry[3], entry[4]
+        cell = state.cell
+        req = ShardRequest(
+            run_id=self.opt.run_id,
+            cell_id=cell.id,
+            shard=state.shard.slug,
+            attempt=state.next_attempt,
+            image=self.specs[cell.id],
+            command=cell.command,
+            files=state.shard.files,
+            select=select or state.shard.node_ids,
+            timeout=self.mf.tests.timeout,
+            resources=cell.resources,
+            env=self.opt.env,
+            network=self.mf.tests.network,
+            install_project=self.mf.tests.install_project,
+        )
+        state.next_attempt += 1
+        if not state.started:
+            state.started = time.monotonic()
+        ref = cluster.submit(req, tarball, max_retries=self.opt.infra_retries)
+        self.inflight[ref] = (state, req)
+        self.view.shard(cell.id, state.shard.slug, req.attempt, "running")
+
+    def _save(self, outcome: ShardOutcome) -> None:
+        base = f"{outcome.shard}.attempt{outcome.attempt}"
+        logs = self.log_dir / outcome.cell_id
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{base}.log").write_bytes(outcome.log)
+        raw = self.shard_dir / outcome.cell_id
+        raw.mkdir(parents=True, exist_ok=True)
+        if outcome.junit:
+            (raw / f"{base}.junit.xml").write_bytes(outcome.junit)
+        if outcome.report:
+            (raw / f"{base}.report.jsonl").write_bytes(outcome.report)
+        if outcome.coverage:
+            (raw / f"{base}.coverage").write_bytes(outcome.coverage)
+
+    def _handle(self, ref: Any, outcome: ShardOutcome | None, error: str) -> None:
+        state, req = self.inflight.pop(ref)
+        if outcome is None:
+            if error == "cancelled":
+                state.cancelled = True
+                return
+            # Ray gave up after its own retries (node or worker lost): final for this attempt, not retried again
+            outcome = ShardOutcome(req.cell_id, req.shard, req.attempt, None, infra_error=error)
+            att = evaluate(outcome, req.timeout)
+            state.attempts.append(att)
+            self._save(outcome)
+            self._shard_done(state, att)
+            return
+        self._save(outcome)
+        att = evaluate(outcome, req.timeout)
+        state.attempts.append(att)
+        rerun = None if self.cancelled else decide(att, state.budget, req.select)
+        passed = sum(c.status is Status.PASSED for c in att.cases)
+        failed = sum(c.status in BAD for c in att.cases)
+        if rerun is not None:
+            self.view.shard(req.cell_id, req.shard, req.attempt, f"rerun ({', '.join(rerun.reasons)})", passed, failed)
+            self._enqueue(state, rerun.select)
+            return
+        self._shard_done(state, att, passed, failed)
+
+    def _shard_done(self, state: ShardState, att: Attempt, passed: int = 0, failed: int = 0) -> None:
+        state.done = True
+        state.ended = time.monotonic()
+        cell_id = state.cell.id
+        tests = fold(a for s in [state] for a in s.attempts)
+        genuine = any(h.status is Status.FAILED for h in tests.values())
+        self.view.shard(cell_id, state.shard.slug, att.attempt, "failed" if genuine or att.kind != "ok" else "done", passed, failed)
+        if all(s.done or s.cancelled for s in self.states[cell_id]):
+            self._finish_cell(cell_id)
+        if genuine and self.opt.fail_fast and not self.cancelled:
+            self.cancelled = True
+            self.view.note(f"fail-fast: {cell_id} failed; cancelling the rest of the matrix")
+            cluster.cancel(list(self.inflight))
+            for entry in self.queue:
+                entry[3].cancelled = True
+            self.queue.clear()
+
+    def _finish_cell(self, cell_id: str) -> None:
+        if cell_id in self.finished_cells:
+            return
+        self.finished_cells.add(cell_id)
+        res = self._cell_result(cell_id)
+        self.view.cell(cell_id, str(res.status), res.counts(), res.reason.splitlines()[0] if res.reason else "")
+
+    def _cell_result(self, cell_id: str) -> CellResult:
+        cell = self.cells[cell_id]
+        states = self.states[cell_id]
+        attempts = [a for s in states for a in s.attempts]
+        tests = fold(attempts)
+        if cell_id in self.build_errors:
+            status, reason = Status.ERROR, self.build_errors[cell_id]
+        else:
+            status, reason = cell_status(tests, attempts)
+            if any(s.cancelled and not s.done for s in states) and status not in (Status.FAILED, Status.INFRA):
+                status = Status.CANCELLED
+                reason = "interrupted" if self.interrupted.is_set() else "cancelled by fail-fast"
+        spans = [(s.started, s.ended or time.monotonic()) for s in states if s.started]
+        duration = max(e for _, e in spans) - min(b for b, _ in spans) if spans else 0.0
+        return CellResult(
+            cell_id=cell_id,
+            axes=cell.axes,
+            status=status,
+            reason=reason,
+            tests=tests,
+            attempts=attempts,
+            duration=duration,
+            image=self.image_tags.get(cell_id, ""),
+        )

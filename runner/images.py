@@ -1,0 +1,411 @@
+"""Cell -> image spec with a content-hash tag; ensure / build / bootstrap. Docker lives here (and container.py).
+
+An image holds a cell's dependencies, never the project's code: the project comes from its source tree at run
+time, so a code change rebuilds nothing. The tag is a hash of everything that defines the environment (base
+reference and local base id, Dockerfile text, build args, install lines, pip options, CA bundle, wheelhouse
+listing, and this recipe's version); an unchanged environment is never rebuilt, a changed one always is.
+
+A build is: [docker build of the user's Dockerfile] -> base -> one provisioning container (venv, pip install with
+the host CA bundle and wheelhouse mounted read-only) -> docker commit. Mounting instead of copying keeps
+multi-GB wheelhouses out of any build context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner import engine
+from runner.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    import docker
+
+    from runner.config import MatrixFile
+    from runner.matrix import Cell
+
+RECIPE_VERSION = "3"
+VENV = "/opt/matrix-run/venv"
+SIDE_DIR = Path(__file__).parent / "container_side"
+IMAGE_REPO = "matrix-run/env"
+DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
+PIP_CONFIGS = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf", "~/.pip/pip.conf")
+PATH_ENV = f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class BuildFailed(Exception):
+    """An image could not be built; fails only the cells that need it."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything that defines one cell environment. Plain data: it crosses the Ray boundary."""
+
+    base: str
+    bootstrap: str | None = None
+    dockerfile_text: str | None = None
+    dockerfile_context: str | None = None  # host path; only the coordinator node builds Dockerfiles
+    build_args: tuple[tuple[str, str], ...] = ()
+    install: tuple[str, ...] = ()
+    pip_args: tuple[str, ...] = ()
+    pytest: str = "pytest"
+    extra: tuple[str, ...] = ()  # what matrix-run itself needs inside: build backend, coverage
+    ca_bundle: bytes | None = None
+    wheelhouse: str | None = None
+    wheelhouse_digest: str = ""
+    base_id: str = ""  # the local id of the base image when known, so a re-pulled base rebuilds
+
+    @property
+    def digest(self) -> str:
+        fields = asdict(self)
+        fields.pop("dockerfile_context")
+        fields.pop("wheelhouse")
+        fields["ca_bundle"] = hashlib.sha256(self.ca_bundle).hexdigest() if self.ca_bundle else None
+        fields["recipe"] = RECIPE_VERSION
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{IMAGE_REPO}:{self.digest[:20]}"
+
+
+# ---------------------------------------------------------------------------------------------------- host facts
+
+
+def _pip_config_values(key: str) -> list[str]:
+    import configparser
+
+    values: list[str] = []
+    for name in PIP_CONFIGS:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        for section in ("global", "install"):
+            if parser.has_option(section, key):
+                values.extend(parser.get(section, key).split())
+    return values
+
+
+def find_ca_bundle(option: str) -> bytes | None:
+    """The host CA bundle for pip inside builds: explicit path, or auto-detected, or none."""
+    if option == "none":
+        return None
+    if option != "auto":
+        return Path(option).read_bytes()
+    candidates = [
+        os.environ.get("MATRIX_RUN_CA_BUNDLE"),
+        os.environ.get("PIP_CERT"),
+        os.environ.get("REQUESTS_CA_BUNDLE"),
+        os.environ.get("SSL_CERT_FILE"),
+        *_pip_config_values("cert"),
+        DEFAULT_CA,
+    ]
+    for cand in candidates:
+        if cand and Path(cand).is_file():
+            return Path(cand).read_bytes()
+    return None
+
+
+def find_wheelhouse(option: str) -> str | None:
+    """A host folder of wheels for pip's --find-links: explicit, or auto-detected from pip's own settings."""
+    if option == "none":
+        return None
+    if option != "auto":
+        return str(Path(option).resolve())
+    candidates = [
+        os.environ.get("MATRIX_RUN_WHEELHOUSE"),
+        *(os.environ.get("PIP_FIND_LINKS", "").split()),
+        *_pip_config_values("find-links"),
+    ]
+    for cand in candidates:
+        if cand and not cand.startswith(("http:", "https:")):
+            path = Path(cand.removeprefix("file://"))
+            if path.is_dir():
+                return str(path.resolve())
+    return None
+
+
+def _wheelhouse_digest(path: str | None) -> str:
+    if not path:
+        return ""
+    entries = sorted(f"{p.name}:{p.stat().st_size}" for p in Path(path).iterdir() if p.is_file())
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def build_requires(project: Path) -> tuple[str, ...]:
+    """The project's build backend requirements, so the project can be installed at run time without network."""
+    import tomllib
+
+    pyproject = project / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            data = {}
+        reqs = data.get("build-system", {}).get("requires")
+        if isinstance(reqs, list) and reqs:
+            return tuple(str(r) for r in reqs)
+        if "build-system" in data or (project / "setup.py").is_file() or (project / "setup.cfg").is_file():
+            return ("setuptools>=64", "wheel")
+        return ()
+    if (project / "setup.py").is_file():
+        return ("setuptools>=64", "wheel")
+    return ()
+
+
+def specs_for(mf: MatrixFile, cells: list[Cell], client: docker.DockerClient | None = None) -> dict[str, ImageSpec]:
+    """cell id -> ImageSpec. Host facts (CA bundle, wheelhouse, base ids) are read once for all cells."""
+    ca = find_ca_bundle(mf.image.ca_bundle)
+    wheelhouse = find_wheelhouse(mf.image.wheelhouse)
+    wh_digest = _wheelhouse_digest(wheelhouse)
+    dockerfile_text = mf.image.dockerfile.read_text(encoding="utf-8") if mf.image.dockerfile else None
+    extra: tuple[str, ...] = build_requires(mf.project) if mf.tests.install_project else ()
+    if mf.coverage.enabled:
+        extra = (*extra, "coverage[toml]")
+    base_ids: dict[str, str] = {}
+    out = {}
+    for cell in cells:
+        if client is not None and not dockerfile_text and cell.base not in base_ids:
+            base_ids[cell.base] = local_image_id(client, cell.base) or ""
+        out[cell.id] = ImageSpec(
+            base=cell.base,
+            bootstrap=cell.bootstrap,
+            dockerfile_text=dockerfile_text,
+            dockerfile_context=str(mf.project) if dockerfile_text else None,
+            build_args=cell.build_args,
+            install=cell.install,
+            pip_args=mf.image.pip_args,
+            pytest=mf.image.pytest,
+            extra=extra,
+            ca_bundle=ca,
+            wheelhouse=wheelhouse,
+            wheelhouse_digest=wh_digest,
+            base_id=base_ids.get(cell.base, ""),
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- docker side
+
+
+@engine.api_call
+def local_image_id(client: docker.DockerClient, ref: str) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get(ref).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def bootstrap(client: docker.DockerClient, suite: str, tag: str, log: Path | None = None) -> str:
+    """Make a Debian base image without any registry: debootstrap + docker import. Returns the image id."""
+    if shutil.which("debootstrap") is None:
+        raise EnvironmentProblem(
+            f"cannot bootstrap {tag}: debootstrap is not installed; run 'apt-get install -y debootstrap'"
+        )
+    mirror = os.environ.get("MATRIX_RUN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    with tempfile.TemporaryDirectory(prefix=f"matrix-run-bootstrap-{suite}-") as tmp:
+        root = Path(tmp) / "root"
+        cmd = [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python3-pip,ca-certificates",
+            suite,
+            str(root),
+            mirror,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            raise BuildFailed(f"debootstrap {suite} failed (exit {proc.returncode})", tail)
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        imp = subprocess.run(
+            ["docker", "import", "-c", "CMD [\"/bin/bash\"]", "-", tag],
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        tar.stdout.close()
+        tar.wait()
+        if imp.returncode != 0 or tar.returncode != 0:
+            raise BuildFailed(f"docker import of {suite} failed", imp.stderr[-2000:])
+    image_id = local_image_id(client, tag)
+    if image_id is None:
+        raise BuildFailed(f"bootstrapped image {tag} is missing after import")
+    return image_id
+
+
+def ensure_base(client: docker.DockerClient, spec: ImageSpec, log: Path | None) -> str:
+    """The base image reference, present locally: found, pulled, bootstrapped, or built from the Dockerfile."""
+    import docker.errors
+
+    if spec.dockerfile_text is not None:
+        return _build_dockerfile(client, spec, log)
+    with _lock(f"base:{spec.base}"):
+        if local_image_id(client, spec.base):
+            return spec.base
+        pull_error = ""
+        try:
+            repo, _, tag = spec.base.rpartition(":") if ":" in spec.base.split("/")[-1] else (spec.base, "", "latest")
+            client.images.pull(repo, tag=tag)
+            return spec.base
+        except docker.errors.APIError as exc:
+            pull_error = str(exc.explanation or exc).splitlines()[0][:200]
+        if spec.bootstrap:
+            bootstrap(client, spec.bootstrap, spec.base, log.with_suffix(".bootstrap.log") if log else None)
+            return spec.base
+        raise BuildFailed(
+            f"base image {spec.base} is not on this host and could not be pulled ({pull_error}); "
+            "set image.bootstrap to a Debian suite, or run 'matrix-run images bootstrap SUITE --tag "
+            f"{spec.base}'"
+        )
+
+
+def _build_dockerfile(client: docker.DockerClient, spec: ImageSpec, log: Path | None) -> str:
+    import docker.errors
+
+    tag = f"matrix-run/base:{spec.digest[:20]}"
+    with _lock(tag):
+        if local_image_id(client, tag):
+            return tag
+        if spec.dockerfile_context is None or spec.dockerfile_text is None:
+            raise BuildFailed("a Dockerfile base can only be built on the coordinator node")
+        with tempfile.NamedTemporaryFile("w", suffix=".Dockerfile", delete=False) as fh:
+            fh.write(spec.dockerfile_text)
+            dockerfile = fh.name
+        lines: list[str] = []
+        try:
+            _, stream = client.images.build(
+                path=spec.dockerfile_context,
+                dockerfile=dockerfile,
+                buildargs=dict(spec.build_args),
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                labels={engine.LABEL_ROLE: "base"},
+            )
+            lines = [str(chunk.get("stream", "")) for chunk in stream]
+        except docker.errors.BuildError as exc:
+            lines = [str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log]
+            _write_log(log, "".join(lines))
+            raise BuildFailed(f"docker build of the Dockerfile failed: {exc.msg}", "".join(lines)[-3000:]) from None
+        finally:
+            os.unlink(dockerfile)
+        _write_log(log, "".join(lines))
+        return tag
+
+
+def _write_log(log: Path | None, text: str) -> None:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+def ensure(client: docker.DockerClient, spec: ImageSpec, log: Path | None = None) -> tuple[str, bool]:
+    """The spec's image, present locally. Returns (tag, built): built is False when it was already there."""
+    tag = spec.tag
+    if local_image_id(client, tag):
+        return tag, False
+    with _lock(tag):
+        if local_image_id(client, tag):
+            return tag, False
+        base = ensure_base(client, spec, log)
+        _provision(client, spec, base, tag, log)
+        return tag, True
+
+
+def _provision(client: docker.DockerClient, spec: ImageSpec, base: str, tag: str, log: Path | None) -> None:
+    import docker.errors
+
+    with tempfile.TemporaryDirectory(prefix="matrix-run-provision-") as tmp:
+        work = Path(tmp)
+        request = {
+            "venv": VENV,
+            "pip_args": list(spec.pip_args),
+            "requirements": [spec.pytest, *spec.extra, *spec.install],
+        }
+        (work / "provision.json").write_text(json.dumps(request))
+        volumes = {
+            str(work): {"bind": "/mr/in", "mode": "ro"},
+            str(SIDE_DIR): {"bind": "/mr/side", "mode": "ro"},
+        }
+        environment = {"PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+        if spec.ca_bundle:
+            (work / "ca.crt").write_bytes(spec.ca_bundle)
+            environment["PIP_CERT"] = "/mr/in/ca.crt"
+        if spec.wheelhouse and Path(spec.wheelhouse).is_dir():
+            volumes[spec.wheelhouse] = {"bind": "/mr/wheels", "mode": "ro"}
+            environment["PIP_FIND_LINKS"] = "/mr/wheels"
+        container = _create(
+            client,
+            base,
+            ["python3", "/mr/side/provision.py", "/mr/in/provision.json"],
+            volumes,
+            environment,
+        )
+        try:
+            container.start()
+            result = container.wait()
+            text = container.logs().decode("utf-8", "replace")
+            _write_log(log, text)
+            code = int(result.get("StatusCode", 1))
+            if code != 0:
+                tail = "\n".join(text.splitlines()[-20:])
+                raise BuildFailed(f"installing the cell's dependencies failed (exit {code})", tail)
+            container.commit(
+                repository=tag.split(":")[0],
+                tag=tag.split(":")[1],
+                changes=[f"ENV {PATH_ENV}", f"ENV VIRTUAL_ENV={VENV}", f"LABEL {engine.LABEL_ROLE}=env"],
+            )
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+@engine.api_call
+def _create(
+    client: docker.DockerClient, image: str, command: list[str], volumes: dict[str, dict[str, str]], env: dict[str, str]
+) -> docker.models.containers.Container:
+    return client.containers.create(
+        image,
+        command=command,
+        volumes=volumes,
+        environment=env,
+        labels={engine.LABEL_ROLE: "provision"},
+        detach=True,
+    )
