@@ -6,6 +6,7 @@ Node and worker loss are retried by Ray itself (``max_retries``); test failures 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -128,10 +129,9 @@ def cancel(refs: list[Any]) -> None:
     import ray
 
     for ref in refs:
-        try:
+        # a ref that already finished, or whose worker is gone, has nothing left to cancel
+        with contextlib.suppress(Exception):
             ray.cancel(ref, force=True, recursive=True)
-        except Exception:  # already finished or its worker is gone: nothing to cancel
-            pass
 
 
 def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:

@@ -126,8 +126,14 @@ class _Doc:
     def _walk(self, node: yaml.Node, path: str) -> None:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
                 sub = f"{path}.{key.value}" if path else str(key.value)
+                if str(key.value) in seen:
+                    raise ConfigError(
+                        self.file, sub, f"'{key.value}' is defined twice; keep one", key.start_mark.line + 1
+                    )
+                seen.add(str(key.value))
                 self.lines[sub] = key.start_mark.line + 1
                 self._walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
@@ -166,7 +172,9 @@ def _str(doc: _Doc, key: str, value: Any) -> str:
 
 def _str_list(doc: _Doc, key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        raise doc.error(key, f"must be a list of strings, not one string; write {key.split('.')[-1]}: [{value!r}]")
+        raise doc.error(
+            key, f"must be a list of strings, not one string; write {key.rsplit('.', maxsplit=1)[-1]}: [{value!r}]"
+        )
     if not isinstance(value, list):
         raise doc.error(key, f"must be a list of strings (got {type(value).__name__})")
     return tuple(_str(doc, f"{key}[{i}]", v) for i, v in enumerate(value))
@@ -258,7 +266,17 @@ TOP_KEYS = (
     "strategy",
     "resources",
 )
-IMAGE_KEYS = ("base", "bootstrap", "dockerfile", "install", "pip-args", "build-args", "pytest", "ca-bundle", "wheelhouse")
+IMAGE_KEYS = (
+    "base",
+    "bootstrap",
+    "dockerfile",
+    "install",
+    "pip-args",
+    "build-args",
+    "pytest",
+    "ca-bundle",
+    "wheelhouse",
+)
 TESTS_KEYS = (
     "command",
     "args",
@@ -297,7 +315,9 @@ def load(path: str | Path) -> MatrixFile:
         raise doc.error("name", f"{name!r} must be letters, digits, . _ - (it names output folders and labels)")
     project = (p.parent / _str(doc, "project", data.get("project", "."))).resolve()
     if not project.is_dir():
-        raise doc.error("project", f"project folder {str(project)!r} does not exist; set it relative to the matrix file")
+        raise doc.error(
+            "project", f"project folder {str(project)!r} does not exist; set it relative to the matrix file"
+        )
 
     axes, include, exclude = _matrix(doc, data.get("matrix"))
     for i, combo in enumerate(exclude):
@@ -313,7 +333,9 @@ def load(path: str | Path) -> MatrixFile:
     if "dockerfile" in img:
         dockerfile = (p.parent / _str(doc, "image.dockerfile", img["dockerfile"])).resolve()
         if not dockerfile.is_file():
-            raise doc.error("image.dockerfile", f"{str(dockerfile)!r} does not exist; give a path relative to the matrix file")
+            raise doc.error(
+                "image.dockerfile", f"{str(dockerfile)!r} does not exist; give a path relative to the matrix file"
+            )
     image = ImageConfig(
         base=_str(doc, "image.base", img.get("base", DEFAULT_BASE)),
         bootstrap=_str(doc, "image.bootstrap", img["bootstrap"]) if img.get("bootstrap") is not None else None,

@@ -8,6 +8,7 @@ and is removed on every path out of here: success, failure, timeout, exception.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -222,10 +223,8 @@ def _state(container) -> dict:  # type: ignore[no-untyped-def,type-arg]
 def _kill(container) -> None:  # type: ignore[no-untyped-def]
     import docker.errors
 
-    try:
+    with contextlib.suppress(docker.errors.APIError):
         container.kill()
-    except docker.errors.APIError:
-        pass
 
 
 def _remove(container) -> None:  # type: ignore[no-untyped-def]

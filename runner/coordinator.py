@@ -288,7 +288,14 @@ class Coordinator:
         cell_id = state.cell.id
         tests = fold(a for s in [state] for a in s.attempts)
         genuine = any(h.status is Status.FAILED for h in tests.values())
-        self.view.shard(cell_id, state.shard.slug, att.attempt, "failed" if genuine or att.kind != "ok" else "done", passed, failed)
+        self.view.shard(
+            cell_id,
+            state.shard.slug,
+            att.attempt,
+            "failed" if genuine or att.kind not in ("ok", "no_tests") else "done",
+            passed,
+            failed,
+        )
         if all(s.done or s.cancelled for s in self.states[cell_id]):
             self._finish_cell(cell_id)
         if genuine and self.opt.fail_fast and not self.cancelled:

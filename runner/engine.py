@@ -34,7 +34,7 @@ def _transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
-        return status >= 500 or status == 409 and "removal" in str(exc).lower()
+        return status >= 500 or (status == 409 and "removal" in str(exc).lower())
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError)
 
 

@@ -12,6 +12,7 @@ multi-GB wheelhouses out of any build context.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -159,9 +160,14 @@ def build_requires(project: Path) -> tuple[str, ...]:
             data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError):
             data = {}
-        reqs = data.get("build-system", {}).get("requires")
+        build_system = data.get("build-system", {})
+        reqs = build_system.get("requires")
         if isinstance(reqs, list) and reqs:
-            return tuple(str(r) for r in reqs)
+            # what backends ask for only through their get_requires_for_build_* hooks: hatchling's editable
+            # builds need 'editables', setuptools < 70.1 needs 'wheel' for any wheel
+            backend = str(build_system.get("build-backend", ""))
+            extra = {"hatchling": ("editables",), "setuptools": ("wheel",)}.get(backend.split(".", maxsplit=1)[0], ())
+            return (*(str(r) for r in reqs), *extra)
         if "build-system" in data or (project / "setup.py").is_file() or (project / "setup.cfg").is_file():
             return ("setuptools>=64", "wheel")
         return ()
@@ -251,7 +257,7 @@ def bootstrap(client: docker.DockerClient, suite: str, tag: str, log: Path | Non
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
         imp = subprocess.run(
-            ["docker", "import", "-c", "CMD [\"/bin/bash\"]", "-", tag],
+            ["docker", "import", "-c", 'CMD ["/bin/bash"]', "-", tag],
             stdin=tar.stdout,
             capture_output=True,
             text=True,
@@ -386,15 +392,13 @@ def _provision(client: docker.DockerClient, spec: ImageSpec, base: str, tag: str
                 tail = "\n".join(text.splitlines()[-20:])
                 raise BuildFailed(f"installing the cell's dependencies failed (exit {code})", tail)
             container.commit(
-                repository=tag.split(":")[0],
+                repository=tag.split(":", maxsplit=1)[0],
                 tag=tag.split(":")[1],
                 changes=[f"ENV {PATH_ENV}", f"ENV VIRTUAL_ENV={VENV}", f"LABEL {engine.LABEL_ROLE}=env"],
             )
         finally:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 @engine.api_call

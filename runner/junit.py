@@ -23,7 +23,9 @@ RESULT_TAGS = ("failure", "error", "skipped")
 
 
 def _interim(tag: str, case: Case) -> ET.Element:
-    el = ET.Element(tag, {"message": case.message[:2000], "type": "failure" if case.status is Status.FAILED else "error"})
+    el = ET.Element(
+        tag, {"message": case.message[:2000], "type": "failure" if case.status is Status.FAILED else "error"}
+    )
     trace = ET.SubElement(el, "stackTrace")
     trace.text = case.text
     return el

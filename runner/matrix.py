@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from runner.config import MatrixFile, parse_memory
+from runner.config import DEFAULT_BASE, MatrixFile, parse_memory
 from runner.errors import UserError
 
 TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
@@ -75,19 +75,28 @@ def cell_id(values: Iterable[tuple[str, str]]) -> str:
     return "_".join(f"{k}-{v}" for k, v in values) or "default"
 
 
+TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+
+
 def _render(mf: MatrixFile, key: str, template: str, values: dict[str, str], cid: str) -> str:
-    if "{{" in template or "}}" in template:
-        template = template.replace("{{", "\0").replace("}}", "\1")
+    """Replace ``{axis}`` by the cell's value; ``{{`` and ``}}`` stand for literal braces (as in str.format)."""
 
     def sub(m: re.Match[str]) -> str:
+        token = m.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
         name = m.group(1)
         if name not in values:
             known = ", ".join(values) or "none"
-            raise mf.error(key, f"'{{{name}}}' is not an axis of cell {cid}; axes there: {known}")
+            hint = ""
+            if key == "image.base" and mf.image.base == DEFAULT_BASE:
+                hint = f" (the default image.base is {DEFAULT_BASE!r}: add a python axis or set image.base)"
+            raise mf.error(key, f"'{{{name}}}' is not an axis of cell {cid}; axes there: {known}{hint}")
         return values[name]
 
-    out = TEMPLATE.sub(sub, template)
-    return out.replace("\0", "{").replace("\1", "}")
+    return TOKEN.sub(sub, template)
 
 
 def _number(mf: MatrixFile, key: str, text: str) -> float:
@@ -146,7 +155,9 @@ def expand(mf: MatrixFile, select: Sequence[str] = ()) -> list[Cell]:
     known = {k for c in combos for k in c}
     for key in wanted:
         if key not in known:
-            raise UserError(f"--select {key}=...: '{key}' is not an axis of {mf.path}; axes: {', '.join(sorted(known))}")
+            raise UserError(
+                f"--select {key}=...: '{key}' is not an axis of {mf.path}; axes: {', '.join(sorted(known))}"
+            )
     cells: list[Cell] = []
     seen: dict[str, int] = {}
     for values in combos:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import heapq
+import posixpath
 import re
 import shlex
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from runner.matrix import Cell
 from runner.source import SourceTree
@@ -119,7 +121,13 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
 
 def discover(tree: SourceTree, paths: Sequence[str], settings: PytestSettings) -> list[str]:
     """Files that pytest would collect tests from, given ``paths`` (or the project's testpaths, or the root)."""
-    roots = [p.strip("/") for p in (paths or settings.testpaths or (".",))]
+    roots = [posixpath.normpath(p).strip("/") for p in (paths or settings.testpaths or (".",))]
+    globbed = [r for r in roots if any(ch in r for ch in "*?[")]
+    if globbed:  # pytest >= 7.2 expands wildcards in testpaths against the tree
+        dirs = {posixpath.dirname(f) for f in tree.files}
+        dirs |= {"/".join(d.split("/")[:i]) for d in dirs for i in range(1, d.count("/") + 1)}
+        expanded = {d for d in dirs | set(tree.files) for g in globbed if fnmatch.fnmatchcase(d, g)}
+        roots = [r for r in roots if r not in globbed] + sorted(expanded)
     selected: list[str] = []
     for rel in tree.files:
         parts = rel.split("/")
@@ -133,13 +141,19 @@ def discover(tree: SourceTree, paths: Sequence[str], settings: PytestSettings) -
         if name == "conftest.py":
             continue
         if name.endswith(".py"):
-            if explicit or _matches(rel, settings.python_files) or (
-                settings.doctest_modules and name != "setup.py"
-            ):
+            if explicit or _matches(rel, settings.python_files) or (settings.doctest_modules and name != "setup.py"):
                 selected.append(rel)
-        elif _matches(rel, settings.doctest_glob):
+        elif _matches(rel, settings.doctest_glob) and _has_doctest(tree, rel):
             selected.append(rel)
     return selected
+
+
+def _has_doctest(tree: SourceTree, rel: str) -> bool:
+    """A text file that pytest collects by --doctest-glob yields tests only if it holds a ``>>>`` prompt."""
+    try:
+        return b">>>" in (tree.root / rel).read_bytes()
+    except OSError:
+        return True
 
 
 def estimate(tree: SourceTree, files: Sequence[str], history: Mapping[str, float] | None = None) -> list[TestFile]:

@@ -63,9 +63,10 @@ class PlainView:
 
     def cell(self, cell_id: str, status: str, counts: dict[str, int], reason: str = "") -> None:
         tail = f" - {reason}" if reason else ""
+        c = counts
         self._line(
-            f"{cell_id}: {status.upper()} {counts.get('tests', 0)} tests, {counts.get('failures', 0)} failed, "
-            f"{counts.get('errors', 0)} errors, {counts.get('skipped', 0)} skipped, {counts.get('flaky', 0)} flaky{tail}"
+            f"{cell_id}: {status.upper()} {c.get('tests', 0)} tests, {c.get('failures', 0)} failed, "
+            f"{c.get('errors', 0)} errors, {c.get('skipped', 0)} skipped, {c.get('flaky', 0)} flaky{tail}"
         )
 
     def note(self, text: str) -> None:

@@ -199,10 +199,10 @@ def evaluate(outcome: ShardOutcome, timeout: float = 0.0) -> Attempt:
             cases.append(timeout_case(running, timeout, timeout))
     elif outcome.oom_killed:
         kind, reason = "infra", "container killed by the OOM killer (raise resources.memory)"
-    elif code is None or code >= 128 or code < 0:
-        kind, reason = "infra", f"container ended by a signal (exit {code})"
     elif code == SETUP_FAILED:
         kind, reason = "error", "the project could not be installed in the cell image (see the shard log)"
+    elif code is None or code >= 128 or code < 0:
+        kind, reason = "infra", f"container ended by a signal (exit {code})"
     elif code == 5:
         kind, reason = "no_tests", "pytest collected no tests"
     elif code in (2, 3, 4):
@@ -238,8 +238,11 @@ class TestHistory:
     @property
     def status(self) -> Status:
         final = self.final.status
-        if self.reruns and final in (Status.PASSED, Status.SKIPPED) and self.first.status in BAD:
-            return Status.FLAKY
+        if self.reruns and self.first.status in BAD:
+            if final in (Status.PASSED, Status.SKIPPED):
+                return Status.FLAKY
+            # failed every attempt: the first failure stands (Surefire keeps it, reruns become rerunFailure)
+            return self.first.status
         return final
 
     @property

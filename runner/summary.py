@@ -65,7 +65,9 @@ def cell_record(cell: CellResult) -> dict[str, object]:
         ],
         "flaky_tests": sorted(f"{k[0]}::{k[1]}" for k, h in cell.tests.items() if h.status is Status.FLAKY),
         "failed_tests": sorted(
-            f"{k[0]}::{k[1]}" for k, h in cell.tests.items() if h.status in (Status.FAILED, Status.ERROR, Status.TIMEOUT)
+            f"{k[0]}::{k[1]}"
+            for k, h in cell.tests.items()
+            if h.status in (Status.FAILED, Status.ERROR, Status.TIMEOUT)
         ),
     }
 

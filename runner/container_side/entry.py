@@ -13,18 +13,22 @@ SETUP_FAILED = 250  # the project could not be installed: an error of the cell, 
 
 
 def install_project(src):
+    """Install the project without network: editable first, a regular build when the backend cannot edit."""
     if not (os.path.exists(os.path.join(src, "pyproject.toml")) or os.path.exists(os.path.join(src, "setup.py"))):
         return
     env = dict(os.environ)
     if not os.path.exists(os.path.join(src, "PKG-INFO")):
         # setuptools-scm and hatch-vcs need git metadata, which the shipped tree does not carry
         env.setdefault("SETUPTOOLS_SCM_PRETEND_VERSION", "0.0.0+matrixrun")
-    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
-    argv += ["--disable-pip-version-check", "-e", src]
-    code = subprocess.call(argv, env=env, stdout=sys.stderr)
-    if code != 0:
-        print("matrix-run: installing the project with '%s' failed (exit %d)" % (" ".join(argv), code), flush=True)
-        sys.exit(SETUP_FAILED)
+    base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
+    base += ["--disable-pip-version-check"]
+    for argv in (base + ["-e", src], base + [src]):
+        code = subprocess.call(argv, env=env, stdout=sys.stderr)
+        if code == 0:
+            return
+        print("matrix-run: '%s' failed (exit %d)" % (" ".join(argv), code), flush=True)
+    print("matrix-run: the project could not be installed; see above", flush=True)
+    sys.exit(SETUP_FAILED)
 
 
 def main():

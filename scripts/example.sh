@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: the example matrix (Python 3.9/3.11/3.13 x two numpy versions, 2 shards per cell), end to end,
+# on an embedded local Ray. Base images are bootstrapped offline by matrix-run itself when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/matrix-run run matrices/example.yaml "$@"

@@ -1,0 +1,116 @@
+"""End to end through the CLI: a real Docker engine, a real embedded Ray, real containers."""
+
+from __future__ import annotations
+
+import importlib.util
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+import pytest
+
+from tests.conftest import PROJECTS, ROOT, containers_of, results, run_cli, write_matrix
+
+pytestmark = [pytest.mark.docker, pytest.mark.ray, pytest.mark.slow]
+
+
+def _compare_module():
+    spec = importlib.util.spec_from_file_location("compare_direct", ROOT / "scripts" / "compare_direct.py")
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_two_pythons_sharded_match_a_direct_pytest_run(tmp_path, docker_client):
+    matrix = write_matrix(
+        tmp_path,
+        PROJECTS / "tiny",
+        matrix={"debian": ["bullseye", "bookworm"]},
+        tests={"shards": 3, "timeout": 300},
+    )
+    out = tmp_path / "out"
+    proc = run_cli("run", str(matrix), "--out", str(out), "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = results(out)
+    assert res["status"] == "passed"
+    assert [c["id"] for c in res["cells"]] == ["debian-bullseye", "debian-bookworm"]
+    for cell in res["cells"]:
+        # 3 shards, each ran once; the module skipped at import is still there as one skipped case
+        assert sorted(s["shard"] for s in cell["shards"]) == ["shard-1of3", "shard-2of3", "shard-3of3"]
+        assert cell["tests"] == 17
+        assert cell["skipped"] == 3
+        assert cell["failures"] == 0
+
+    root = ET.parse(out / "junit.xml").getroot()
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["debian-bullseye", "debian-bookworm"]
+    for suite in suites:
+        props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        assert props["matrix.debian"] == suite.get("name").split("-", 1)[1]
+        cases = suite.findall("testcase")
+        assert int(suite.get("tests")) == len(cases)
+        assert len({(c.get("classname"), c.get("name")) for c in cases}) == len(cases)  # each test once
+        assert any(c.get("name") == "test_add[half \\xb5]" for c in cases)
+
+    compare = _compare_module()
+    direct = compare.direct_counts(str(matrix), [])
+    ours = compare.matrix_run_counts(out)
+    assert direct == ours
+    assert direct["debian-bookworm"] == Counter(passed=14, skipped=3)
+
+    assert not containers_of(docker_client, res["run_id"])
+    for cell in res["cells"]:
+        assert (out / "logs" / cell["id"] / "shard-1of3.attempt1.log").read_text()
+
+    again = run_cli("run", str(matrix), "--out", str(out), "--plain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert results(out)["images"] == {"built": 0, "reused": 2}
+
+
+def test_a_failing_image_build_fails_only_its_cell(tmp_path, docker_client):
+    matrix = write_matrix(
+        tmp_path,
+        PROJECTS / "tiny",
+        matrix={
+            "debian": ["bookworm"],
+            "extra": ["pip", "matrix-run-no-such-package-xyz"],
+        },
+        image={"base": "matrix-run/debian:{debian}", "install": ["{extra}"]},
+    )
+    out = tmp_path / "out"
+    proc = run_cli("run", str(matrix), "--out", str(out), "--plain")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    cells = {c["id"]: c for c in results(out)["cells"]}
+    assert cells["debian-bookworm_extra-pip"]["status"] == "passed"
+    bad = cells["debian-bookworm_extra-matrix-run-no-such-package-xyz"]
+    assert bad["status"] == "error"
+    assert "image build failed" in bad["reason"]
+    assert "matrix-run-no-such-package-xyz" in bad["reason"]  # the log tail is shown
+    assert list((out / "images").glob("*.log"))  # and the full log is saved
+
+
+def test_dry_run_and_list_touch_nothing(tmp_path):
+    matrix = write_matrix(
+        tmp_path,
+        PROJECTS / "tiny",
+        matrix={"python": ["3.9", "3.11"], "os": ["bookworm"]},
+        image={"base": "python:{python}-slim"},
+    )
+    proc = run_cli("run", str(matrix), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "python-3.9_os-bookworm" in proc.stdout
+    assert "shard-2of2" in proc.stdout
+    listed = run_cli("list", str(matrix), "--json")
+    assert listed.returncode == 0
+    assert '"python": "3.11"' in listed.stdout
+
+
+def test_no_test_files_exit_5(tmp_path):
+    project = tmp_path / "empty"
+    project.mkdir()
+    (project / "mod.py").write_text("x = 1\n")
+    proc = run_cli("run", str(write_matrix(tmp_path, project)))
+    assert proc.returncode == 5
+    assert proc.stderr.count("\n") == 1
+    assert "no test files found" in proc.stderr
