@@ -64,12 +64,6 @@ def print_plan(planned: Planned) -> None:
             print(f"    {s.slug}  ~{s.predicted:.0f} units  {len(s.files)} file(s): {' '.join(s.files)}")
 
 
-def secret_env(env: dict[str, str]) -> dict[str, str]:
-    """Mask values of variables named like secrets, for anything that is printed or logged."""
-    marks = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH")
-    return {k: ("***" if any(m in k.upper() for m in marks) else v) for k, v in env.items()}
-
-
 def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
     env = dict(mf.tests.env)
     for name in mf.tests.pass_env:
@@ -108,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = _container_env(mf, args.env)
     client = engine.connect()
     specs = images.specs_for(mf, planned.cells, client)
+    images.check_bases(client, specs)
     out = Path(args.out or Path(".matrix-run") / mf.name).resolve()
     _prepare_out(out)
     run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"

@@ -7,8 +7,10 @@ Node and worker loss are retried by Ray itself (``max_retries``); test failures 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ def execute_shard(request: ShardRequest, tarball: bytes) -> ShardOutcome:
     import ray
 
     gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
-    return run_shard(request, tarball, gpu_ids)
+    outcome = run_shard(request, tarball, gpu_ids)
+    return dataclasses.replace(outcome, node_id=ray.get_runtime_context().get_node_id())
 
 
 def cleanup_node(run_id: str) -> int:
@@ -54,6 +57,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
 
     global _remote_task, _remote_cleanup
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -88,16 +93,47 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     )
 
 
-def submit(request: ShardRequest, tarball_ref: Any, max_retries: int) -> Any:
-    """Submit one shard attempt; returns its ObjectRef."""
+def _other_node(avoid: str, cpus: float, gpus: float) -> Any:
+    """A soft preference for an alive node other than ``avoid`` that can hold the shard; None if there is none."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for node in ray.nodes():
+        res = node.get("Resources", {})
+        if node.get("Alive") and node["NodeID"] != avoid and res.get("CPU", 0) >= cpus and res.get("GPU", 0) >= gpus:
+            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+    return None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's minute of retries, when nothing listens at host:port."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"Ray cluster not reachable at {address} ({exc.strerror or exc}); check --address / RAY_ADDRESS, "
+            "or omit it to run on an embedded local Ray"
+        ) from None
+
+
+def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node: str = "") -> Any:
+    """Submit one shard attempt; returns its ObjectRef. ``avoid_node``: prefer any other node (infra reruns)."""
     res = request.resources
-    return _remote_task.options(
-        num_cpus=res.cpus,
-        num_gpus=res.gpus,
-        max_retries=max_retries,
-        retry_exceptions=False,
-        name=f"{request.cell_id}/{request.shard}/attempt-{request.attempt}",
-    ).remote(request, tarball_ref)
+    options: dict[str, Any] = {
+        "num_cpus": res.cpus,
+        "num_gpus": res.gpus,
+        "max_retries": max_retries,
+        "retry_exceptions": False,
+        "name": f"{request.cell_id}/{request.shard}/attempt-{request.attempt}",
+    }
+    strategy = _other_node(avoid_node, res.cpus, res.gpus) if avoid_node else None
+    if strategy is not None:
+        options["scheduling_strategy"] = strategy
+    return _remote_task.options(**options).remote(request, tarball_ref)
 
 
 def put(data: bytes) -> Any:

@@ -9,23 +9,27 @@ and is removed on every path out of here: success, failure, timeout, exception.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import engine, images, source
+from runner import engine, images
 from runner.images import ImageSpec
 from runner.matrix import Resources
 
 if TYPE_CHECKING:
     import docker
 
-SRC = "/mr/src"
+SRC = "/src"  # inside the container's own writable layer: private to this attempt
+TARBALL = "/mr/source.tar"  # the project snapshot, mounted read-only
 OUT = "/mr/out"
 SIDE = "/mr/side"
 SETUP_FAILED = 250  # entry.py's exit code when the project cannot be installed
@@ -39,7 +43,9 @@ class ShardRequest:
     attempt: int
     image: ImageSpec
     command: tuple[str, ...]
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # the shard's files; with ``complement``, the files it must leave to other shards
+    complement: bool = False
+    roots: tuple[str, ...] = ()  # what pytest is pointed at (tests.paths); empty = the project's own testpaths
     select: tuple[str, ...] = ()  # node ids to run (a rerun); empty = all tests of the files
     timeout: float = 1800.0
     resources: Resources = field(default_factory=Resources)
@@ -62,8 +68,25 @@ class ShardOutcome:
     timed_out: bool = False
     oom_killed: bool = False
     infra_error: str = ""  # the environment broke (Docker API, image, node); empty when it did not
-    node: str = ""
+    node: str = ""  # host name
+    node_id: str = ""  # Ray node id, so an infra rerun can go elsewhere
     gpu_ids: tuple[str, ...] = ()
+
+
+SECRET_MARKS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE", "SESSION")
+
+
+def is_secret(name: str) -> bool:
+    """Variables named like secrets: their values never reach a log or a report."""
+    return any(mark in name.upper() for mark in SECRET_MARKS)
+
+
+def mask_secrets(data: bytes, env: tuple[tuple[str, str], ...]) -> bytes:
+    """Replace the values of secret-named variables by *** in output that will be stored or shown."""
+    for name, value in env:
+        if is_secret(name) and len(value) >= 4:
+            data = data.replace(value.encode(), b"***")
+    return data
 
 
 def labels_for(req: ShardRequest) -> dict[str, str]:
@@ -95,7 +118,9 @@ def _environment(req: ShardRequest) -> dict[str, str]:
 
 
 @engine.api_call
-def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path, gpu_ids: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _create(
+    client: docker.DockerClient, req: ShardRequest, tag: str, work: Path, tarball_path: Path, gpu_ids: tuple[str, ...]
+):  # type: ignore[no-untyped-def]
     import docker.types
 
     kwargs: dict[str, object] = {}
@@ -113,7 +138,7 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
         environment=_environment(req),
         labels=labels_for(req),
         volumes={
-            str(work / "src"): {"bind": SRC, "mode": "rw"},
+            str(tarball_path): {"bind": TARBALL, "mode": "ro"},
             str(work / "out"): {"bind": OUT, "mode": "rw"},
             str(images.SIDE_DIR): {"bind": SIDE, "mode": "ro"},
         },
@@ -122,6 +147,25 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
         init=True,
         **kwargs,
     )
+
+
+SOURCE_CACHE = Path(tempfile.gettempdir()) / "matrix-run-sources"
+
+
+def _node_copy(tarball: bytes) -> Path:
+    """The snapshot as a file on this node, written once per content and shared read-only by its shards."""
+    SOURCE_CACHE.mkdir(parents=True, exist_ok=True)
+    path = SOURCE_CACHE / f"{hashlib.sha256(tarball).hexdigest()}.tar"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(tarball)
+        tmp.replace(path)
+        now = time.time()
+        for old in SOURCE_CACHE.glob("*.tar"):  # keep the cache bounded: drop snapshots unused for a day
+            with contextlib.suppress(OSError):
+                if now - old.stat().st_atime > 86400:
+                    old.unlink()
+    return path
 
 
 def _read(path: Path) -> bytes:
@@ -146,16 +190,17 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
     log = b""
     try:
         client = engine.connect()
-        tag, _ = images.ensure(client, req.image)
-        source.extract(tarball, work / "src")
+        tag, _ = images.ensure(client, req.image, labels={engine.LABEL_RUN: req.run_id})
+        tarball_path = _node_copy(tarball)
         (work / "out").mkdir()
         (work / "out" / "request.json").write_text(
             json.dumps(
                 {
                     "src": SRC,
+                    "tarball": TARBALL,
                     "out": OUT,
                     "command": list(req.command),
-                    "files": list(req.files),
+                    "roots": list(req.roots),
                     "select": bool(req.select),
                     "install_project": req.install_project,
                 }
@@ -163,8 +208,10 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         )
         if req.select:
             (work / "out" / "select.json").write_text(json.dumps(list(req.select)))
+        files = {"exclude" if req.complement else "include": list(req.files)}
+        (work / "out" / "files.json").write_text(json.dumps(files))
         _remove_stale(client, req)
-        container = _create(client, req, tag, work, gpu_ids)
+        container = _create(client, req, tag, work, tarball_path, gpu_ids)
         container.start()
         try:
             result = container.wait(timeout=req.timeout)
@@ -190,6 +237,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         out = work / "out"
         junit, report, coverage = _read(out / "junit.xml"), _read(out / "report.jsonl"), _read(out / ".coverage")
         shutil.rmtree(work, ignore_errors=True)
+    junit, report, log = (mask_secrets(b, req.env) for b in (junit, report, log))
     return ShardOutcome(
         cell_id=req.cell_id,
         shard=req.shard,

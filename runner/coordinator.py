@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +24,7 @@ from typing import Any
 from runner import cluster, engine, images
 from runner.config import MatrixFile
 from runner.container import ShardOutcome, ShardRequest
+from runner.errors import ExitCode
 from runner.images import ImageSpec
 from runner.matrix import Cell
 from runner.plan import Shard
@@ -42,6 +45,10 @@ class ShardState:
     cancelled: bool = False
     started: float = 0.0
     ended: float = 0.0
+
+
+# (rank, -predicted seconds, sequence, shard, node ids to select, Ray node to avoid)
+QueueEntry = tuple[int, float, int, ShardState, tuple[str, ...], str]
 
 
 @dataclass
@@ -90,7 +97,7 @@ class Coordinator:
         }
         self.build_errors: dict[str, str] = {}
         self.image_tags: dict[str, str] = {}
-        self.queue: list[tuple[int, float, int, ShardState, tuple[str, ...]]] = []
+        self.queue: list[QueueEntry] = []
         self.seq = itertools.count()
         self.inflight: dict[Any, tuple[ShardState, ShardRequest]] = {}
         self.interrupted = threading.Event()
@@ -104,8 +111,9 @@ class Coordinator:
     # ------------------------------------------------------------------------------------------------ signals
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.interrupted.is_set():
-            raise KeyboardInterrupt  # second Ctrl-C: leave at once
+        if self.interrupted.is_set():  # second Ctrl-C: leave at once
+            print("matrix-run: interrupted twice; exiting now", file=sys.stderr, flush=True)
+            os._exit(int(ExitCode.INTERRUPTED))
         self.interrupted.set()
         self.view.note("interrupted: stopping shards and removing containers (Ctrl-C again to quit at once)")
 
@@ -180,7 +188,8 @@ class Coordinator:
             for cid in cids:
                 self.view.image(cid, "checking")
             log = logs / f"{tag.split(':')[-1]}.log"
-            builds[pool.submit(images.ensure, client, self.specs[cids[0]], log)] = cids
+            labels = {engine.LABEL_RUN: self.opt.run_id}
+            builds[pool.submit(images.ensure, client, self.specs[cids[0]], log, labels)] = cids
         return builds
 
     def _collect_builds(self, builds: dict[Future[tuple[str, bool]], list[str]]) -> None:
@@ -213,13 +222,13 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------------------ shards
 
-    def _enqueue(self, state: ShardState, select: tuple[str, ...]) -> None:
+    def _enqueue(self, state: ShardState, select: tuple[str, ...], avoid_node: str = "") -> None:
         # reruns first (they hold a cell back), then the longest predicted shard (LPT across the matrix)
         rank = 0 if state.next_attempt > 1 else 1
-        heapq.heappush(self.queue, (rank, -state.shard.predicted, next(self.seq), state, select))
+        heapq.heappush(self.queue, (rank, -state.shard.predicted, next(self.seq), state, select, avoid_node))
 
-    def _submit(self, entry: tuple[int, float, int, ShardState, tuple[str, ...]], tarball: Any) -> None:
-        state, select = entry[3], entry[4]
+    def _submit(self, entry: QueueEntry, tarball: Any) -> None:
+        state, select, avoid_node = entry[3], entry[4], entry[5]
         cell = state.cell
         req = ShardRequest(
             run_id=self.opt.run_id,
@@ -228,7 +237,10 @@ class Coordinator:
             attempt=state.next_attempt,
             image=self.specs[cell.id],
             command=cell.command,
-            files=state.shard.files,
+            # the first shard takes every file no other shard names, so nothing pytest collects is lost
+            files=self._others_files(state) if state.shard.index == 1 else state.shard.files,
+            complement=state.shard.index == 1,
+            roots=self.mf.tests.paths,
             select=select or state.shard.node_ids,
             timeout=self.mf.tests.timeout,
             resources=cell.resources,
@@ -239,9 +251,12 @@ class Coordinator:
         state.next_attempt += 1
         if not state.started:
             state.started = time.monotonic()
-        ref = cluster.submit(req, tarball, max_retries=self.opt.infra_retries)
+        ref = cluster.submit(req, tarball, max_retries=self.opt.infra_retries, avoid_node=avoid_node)
         self.inflight[ref] = (state, req)
         self.view.shard(cell.id, state.shard.slug, req.attempt, "running")
+
+    def _others_files(self, state: ShardState) -> tuple[str, ...]:
+        return tuple(f for s in self.states[state.cell.id] if s is not state for f in s.shard.files)
 
     def _save(self, outcome: ShardOutcome) -> None:
         base = f"{outcome.shard}.attempt{outcome.attempt}"
@@ -278,7 +293,8 @@ class Coordinator:
         failed = sum(c.status in BAD for c in att.cases)
         if rerun is not None:
             self.view.shard(req.cell_id, req.shard, req.attempt, f"rerun ({', '.join(rerun.reasons)})", passed, failed)
-            self._enqueue(state, rerun.select)
+            # an environment that broke once may break again: an infra rerun goes to another node if there is one
+            self._enqueue(state, rerun.select, outcome.node_id if "infra" in rerun.reasons else "")
             return
         self._shard_done(state, att, passed, failed)
 

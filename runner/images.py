@@ -299,6 +299,26 @@ def ensure_base(client: docker.DockerClient, spec: ImageSpec, log: Path | None) 
         )
 
 
+def check_bases(client: docker.DockerClient, specs: dict[str, ImageSpec]) -> None:
+    """Before anything runs: every base image is here, pullable, or can be bootstrapped or built."""
+    import docker.errors
+
+    from runner.errors import EnvironmentProblem
+
+    for spec in {s.base: s for s in specs.values() if s.dockerfile_text is None and not s.bootstrap}.values():
+        if local_image_id(client, spec.base):
+            continue
+        try:
+            repo, _, tag = spec.base.rpartition(":") if ":" in spec.base.split("/")[-1] else (spec.base, "", "latest")
+            client.images.pull(repo, tag=tag)
+        except docker.errors.APIError as exc:
+            why = str(exc.explanation or exc).splitlines()[0][:160]
+            raise EnvironmentProblem(
+                f"base image {spec.base} is not on this host and cannot be pulled ({why}); set image.bootstrap "
+                f"to a Debian suite, or run 'matrix-run images bootstrap SUITE --tag {spec.base}'"
+            ) from None
+
+
 def _build_dockerfile(client: docker.DockerClient, spec: ImageSpec, log: Path | None) -> str:
     import docker.errors
 
@@ -340,8 +360,13 @@ def _write_log(log: Path | None, text: str) -> None:
             fh.write(text)
 
 
-def ensure(client: docker.DockerClient, spec: ImageSpec, log: Path | None = None) -> tuple[str, bool]:
-    """The spec's image, present locally. Returns (tag, built): built is False when it was already there."""
+def ensure(
+    client: docker.DockerClient, spec: ImageSpec, log: Path | None = None, labels: dict[str, str] | None = None
+) -> tuple[str, bool]:
+    """The spec's image, present locally. Returns (tag, built): built is False when it was already there.
+
+    ``labels`` go on the provisioning container, so an interrupted run can find and remove it.
+    """
     tag = spec.tag
     if local_image_id(client, tag):
         return tag, False
@@ -349,11 +374,13 @@ def ensure(client: docker.DockerClient, spec: ImageSpec, log: Path | None = None
         if local_image_id(client, tag):
             return tag, False
         base = ensure_base(client, spec, log)
-        _provision(client, spec, base, tag, log)
+        _provision(client, spec, base, tag, log, labels or {})
         return tag, True
 
 
-def _provision(client: docker.DockerClient, spec: ImageSpec, base: str, tag: str, log: Path | None) -> None:
+def _provision(
+    client: docker.DockerClient, spec: ImageSpec, base: str, tag: str, log: Path | None, labels: dict[str, str]
+) -> None:
     import docker.errors
 
     with tempfile.TemporaryDirectory(prefix="matrix-run-provision-") as tmp:
@@ -381,6 +408,7 @@ def _provision(client: docker.DockerClient, spec: ImageSpec, base: str, tag: str
             ["python3", "/mr/side/provision.py", "/mr/in/provision.json"],
             volumes,
             environment,
+            labels,
         )
         try:
             container.start()
@@ -403,13 +431,18 @@ def _provision(client: docker.DockerClient, spec: ImageSpec, base: str, tag: str
 
 @engine.api_call
 def _create(
-    client: docker.DockerClient, image: str, command: list[str], volumes: dict[str, dict[str, str]], env: dict[str, str]
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    volumes: dict[str, dict[str, str]],
+    env: dict[str, str],
+    labels: dict[str, str],
 ) -> docker.models.containers.Container:
     return client.containers.create(
         image,
         command=command,
         volumes=volumes,
         environment=env,
-        labels={engine.LABEL_ROLE: "provision"},
+        labels={**labels, engine.LABEL_ROLE: "provision"},
         detach=True,
     )

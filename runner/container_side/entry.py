@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 SETUP_FAILED = 250  # the project could not be installed: an error of the cell, not a test failure
 
@@ -31,16 +32,35 @@ def install_project(src):
     sys.exit(SETUP_FAILED)
 
 
+def unpack(tarball, dest):
+    """The project snapshot into this container's own layer; only plain files and folders, inside dest."""
+    os.makedirs(dest, exist_ok=True)
+    with tarfile.open(tarball) as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = m.name.split("/")
+            if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                print("matrix-run: refusing tar member %r" % m.name, flush=True)
+                sys.exit(SETUP_FAILED)
+            members.append(m)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and recent patch releases
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            tar.extractall(dest, members=members)
+
+
 def main():
     with open(sys.argv[1]) as fh:
         req = json.load(fh)
     src = req["src"]
+    unpack(req["tarball"], src)
     os.chdir(src)
     if req["install_project"]:
         install_project(src)
     out = req["out"]
-    argv = list(req["command"]) + list(req["files"])
+    argv = list(req["command"]) + list(req["roots"])
     argv += [
+        "--matrix-run-files=" + os.path.join(out, "files.json"),
         "--junitxml=" + os.path.join(out, "junit.xml"),
         "-o",
         "junit_family=xunit1",

@@ -4,6 +4,11 @@
   killed by a timeout or the OOM killer still tells which tests finished and which did not.
 - Records, per test, the JUnit ``classname``/``name`` pytest itself gives it, so JUnit testcases map back to
   exact node ids (needed to rerun failed tests, whatever characters their parameter ids hold).
+- ``--matrix-run-files FILE`` (JSON ``{"include": [...]}`` or ``{"exclude": [...]}``, project-relative paths)
+  restricts collection to a shard's files through ``pytest_ignore_collect``, so pytest still collects from the
+  project's own roots with its own rules (``collect_ignore`` in conftest files, ``norecursedirs``, ...): a file
+  that a conftest ignores stays ignored, exactly as in a direct run. The exclude form lets one shard take every
+  file that no other shard named, so no test can fall between shards.
 - ``--matrix-run-select FILE`` (a JSON list of node ids) keeps only those tests; an id that no longer exists
   (e.g. a parameter id holding the current time) falls back to every parametrization of its function.
 """
@@ -21,6 +26,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("matrix-run")
     group.addoption("--matrix-run-report", default=None, help="write per-test JSON lines here")
     group.addoption("--matrix-run-select", default=None, help="JSON file: node ids to run")
+    group.addoption("--matrix-run-files", default=None, help="JSON file: the shard's files (include or exclude)")
 
 
 def _emit(record):
@@ -57,6 +63,45 @@ def pytest_unconfigure(config):
         _emit({"event": "end"})
         _stream.close()
         _stream = None
+
+
+_selection = {}
+
+
+def _shard_files(config):
+    """(include set or None, exclude set or None, folders holding included files), read once."""
+    if "files" not in _selection:
+        path = config.getoption("matrix_run_files", None)
+        include = exclude = None
+        folders = set()
+        if path:
+            with open(path) as fh:
+                spec = json.load(fh)
+            if "include" in spec:
+                include = set(spec["include"])
+                for f in include:
+                    parts = f.split("/")
+                    folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            else:
+                exclude = set(spec.get("exclude", []))
+        _selection["files"] = (include, exclude, folders)
+    return _selection["files"]
+
+
+def pytest_ignore_collect(collection_path, config):
+    include, exclude, folders = _shard_files(config)
+    if include is None and not exclude:
+        return None
+    rel = os.path.relpath(str(collection_path), str(config.invocation_params.dir)).replace(os.sep, "/")
+    if rel == "." or rel.startswith("../"):
+        return None
+    if os.path.isdir(str(collection_path)):
+        if include is not None and rel not in folders:
+            return True  # no file of this shard below: do not even look inside
+        return None
+    if include is not None:
+        return None if rel in include else True
+    return True if rel in exclude else None
 
 
 def _base(nodeid):
