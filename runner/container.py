@@ -1,21 +1,19 @@
 """Run one shard attempt in one fresh container -> ShardOutcome. Docker lives here; Ray does not.
 
 The request and the outcome are plain data carrying bytes, never host paths: the shard may run on another node.
-The project arrives as a tarball and is unpacked into a private folder of this attempt, so shards never share
-a writable tree and the user's own tree is never mounted. Every container carries the run/cell/shard labels
-and is removed on every path out of here: success, failure, timeout, exception.
+The project arrives as a tarball (bytes) and is baked, with the project installed, into a thin source layer over
+the cell image (once per node and snapshot); each attempt's container writes only to its own copy-on-write
+layer, so shards never share a writable tree and the user's own tree is never mounted. Every container carries
+the run/cell/shard labels and is removed on every path out of here: success, failure, timeout, exception.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +26,10 @@ from runner.matrix import Resources
 if TYPE_CHECKING:
     import docker
 
-SRC = "/src"  # inside the container's own writable layer: private to this attempt
-TARBALL = "/mr/source.tar"  # the project snapshot, mounted read-only
+SRC = images.SOURCE_DIR  # baked into the source layer; each container writes to its own copy-on-write layer
 OUT = "/mr/out"
 SIDE = "/mr/side"
-SETUP_FAILED = 250  # entry.py's exit code when the project cannot be installed
+SETUP_FAILED = images.SETUP_FAILED  # the project could not be installed in the cell image
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,7 @@ class ShardRequest:
     env: tuple[tuple[str, str], ...] = ()
     network: str = "bridge"
     install_project: bool = True
+    source_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,9 +116,7 @@ def _environment(req: ShardRequest) -> dict[str, str]:
 
 
 @engine.api_call
-def _create(
-    client: docker.DockerClient, req: ShardRequest, tag: str, work: Path, tarball_path: Path, gpu_ids: tuple[str, ...]
-):  # type: ignore[no-untyped-def]
+def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path, gpu_ids: tuple[str, ...]):  # type: ignore[no-untyped-def]
     import docker.types
 
     kwargs: dict[str, object] = {}
@@ -138,7 +134,6 @@ def _create(
         environment=_environment(req),
         labels=labels_for(req),
         volumes={
-            str(tarball_path): {"bind": TARBALL, "mode": "ro"},
             str(work / "out"): {"bind": OUT, "mode": "rw"},
             str(images.SIDE_DIR): {"bind": SIDE, "mode": "ro"},
         },
@@ -147,25 +142,6 @@ def _create(
         init=True,
         **kwargs,
     )
-
-
-SOURCE_CACHE = Path(tempfile.gettempdir()) / "matrix-run-sources"
-
-
-def _node_copy(tarball: bytes) -> Path:
-    """The snapshot as a file on this node, written once per content and shared read-only by its shards."""
-    SOURCE_CACHE.mkdir(parents=True, exist_ok=True)
-    path = SOURCE_CACHE / f"{hashlib.sha256(tarball).hexdigest()}.tar"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(tarball)
-        tmp.replace(path)
-        now = time.time()
-        for old in SOURCE_CACHE.glob("*.tar"):  # keep the cache bounded: drop snapshots unused for a day
-            with contextlib.suppress(OSError):
-                if now - old.stat().st_atime > 86400:
-                    old.unlink()
-    return path
 
 
 def _read(path: Path) -> bytes:
@@ -190,14 +166,16 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
     log = b""
     try:
         client = engine.connect()
-        tag, _ = images.ensure(client, req.image, labels={engine.LABEL_RUN: req.run_id})
-        tarball_path = _node_copy(tarball)
+        labels = {engine.LABEL_RUN: req.run_id}
+        env_tag, _ = images.ensure(client, req.image, labels=labels)
+        tag, _ = images.ensure_source_layer(
+            client, env_tag, tarball, req.source_digest, req.install_project, labels=labels
+        )
         (work / "out").mkdir()
         (work / "out" / "request.json").write_text(
             json.dumps(
                 {
                     "src": SRC,
-                    "tarball": TARBALL,
                     "out": OUT,
                     "command": list(req.command),
                     "roots": list(req.roots),
@@ -211,7 +189,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         files = {"exclude" if req.complement else "include": list(req.files)}
         (work / "out" / "files.json").write_text(json.dumps(files))
         _remove_stale(client, req)
-        container = _create(client, req, tag, work, tarball_path, gpu_ids)
+        container = _create(client, req, tag, work, gpu_ids)
         container.start()
         try:
             result = container.wait(timeout=req.timeout)
@@ -224,6 +202,9 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         if exit_code is None and not timed_out:
             exit_code = int(state.get("ExitCode", -1))
         log = container.logs(stdout=True, stderr=True)
+    except images.SetupFailed as exc:
+        exit_code = SETUP_FAILED
+        log = exc.log_tail.encode()
     except images.BuildFailed as exc:
         infra = f"image: {exc}"
         log = exc.log_tail.encode()

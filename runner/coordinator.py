@@ -189,8 +189,16 @@ class Coordinator:
                 self.view.image(cid, "checking")
             log = logs / f"{tag.split(':')[-1]}.log"
             labels = {engine.LABEL_RUN: self.opt.run_id}
-            builds[pool.submit(images.ensure, client, self.specs[cids[0]], log, labels)] = cids
+            builds[pool.submit(self._prepare_image, client, self.specs[cids[0]], log, labels)] = cids
         return builds
+
+    def _prepare_image(self, client: Any, spec: ImageSpec, log: Path, labels: dict[str, str]) -> tuple[str, bool]:
+        """The cell's dependency image, then its source layer (project unpacked and installed) on this node."""
+        env_tag, built = images.ensure(client, spec, log, labels)
+        images.ensure_source_layer(
+            client, env_tag, self.tree.tarball, self.tree.digest, self.mf.tests.install_project, log, labels
+        )
+        return env_tag, built
 
     def _collect_builds(self, builds: dict[Future[tuple[str, bool]], list[str]]) -> None:
         for fut in [f for f in builds if f.done()]:
@@ -199,8 +207,9 @@ class Coordinator:
                 tag, built = fut.result()
             except images.BuildFailed as exc:
                 log = self.opt.out / "images" / f"{self.specs[cids[0]].tag.split(':')[-1]}.log"
+                what = "" if isinstance(exc, images.SetupFailed) else "image build failed: "
                 for cid in cids:
-                    self.build_errors[cid] = f"image build failed: {exc}; full log: {log}\n{exc.log_tail}"
+                    self.build_errors[cid] = f"{what}{exc}; full log: {log}\n{exc.log_tail}"
                     self.view.image(cid, "failed", str(exc))
                     self._finish_cell(cid)
                 continue
@@ -247,6 +256,7 @@ class Coordinator:
             env=self.opt.env,
             network=self.mf.tests.network,
             install_project=self.mf.tests.install_project,
+            source_digest=self.tree.digest,
         )
         state.next_attempt += 1
         if not state.started:

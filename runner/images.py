@@ -13,6 +13,7 @@ multi-GB wheelhouses out of any build context.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,8 +35,12 @@ if TYPE_CHECKING:
     from runner.config import MatrixFile
     from runner.matrix import Cell
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 VENV = "/opt/matrix-run/venv"
+SOURCE_DIR = "/src"
+SOURCE_REPO = "matrix-run/src"
+SOURCE_LAYERS_KEPT = 3  # per dependency image; older source layers are pruned
+SETUP_FAILED = 250  # prepare.py's exit code when the project cannot be installed
 SIDE_DIR = Path(__file__).parent / "container_side"
 IMAGE_REPO = "matrix-run/env"
 DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -48,6 +54,10 @@ class BuildFailed(Exception):
     def __init__(self, message: str, log_tail: str = "") -> None:
         super().__init__(message)
         self.log_tail = log_tail
+
+
+class SetupFailed(BuildFailed):
+    """The project itself could not be installed into a cell's image: an error of that cell, not of the host."""
 
 
 @dataclass(frozen=True)
@@ -223,11 +233,23 @@ def local_image_id(client: docker.DockerClient, ref: str) -> str | None:
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+LOCK_DIR = Path(tempfile.gettempdir()) / "matrix-run-locks"
 
 
-def _lock(key: str) -> threading.Lock:
+@contextlib.contextmanager
+def _lock(key: str) -> Iterator[None]:
+    """One builder per image on this node: a thread lock, then a file lock (Ray workers are processes)."""
     with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
+        thread_lock = _locks.setdefault(key, threading.Lock())
+    with thread_lock:
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        with open(LOCK_DIR / f"{name}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def bootstrap(client: docker.DockerClient, suite: str, tag: str, log: Path | None = None) -> str:
@@ -378,6 +400,88 @@ def ensure(
         return tag, True
 
 
+def source_layer_tag(env_tag: str, source_digest: str, install_project: bool) -> str:
+    key = f"{env_tag}|{source_digest}|{install_project}|{RECIPE_VERSION}"
+    return f"{SOURCE_REPO}:{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def ensure_source_layer(
+    client: docker.DockerClient,
+    env_tag: str,
+    tarball: bytes,
+    source_digest: str,
+    install_project: bool,
+    log: Path | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[str, bool]:
+    """A thin layer over the cell image: the project unpacked in /src and installed. Returns (tag, built).
+
+    Built once per (cell image, source snapshot) and node; every shard of the cell starts from it, so shards pay
+    for neither unpacking nor installing, and an unchanged tree reuses the layer of the previous run.
+    """
+    import docker.errors
+
+    from runner import source
+
+    tag = source_layer_tag(env_tag, source_digest, install_project)
+    if local_image_id(client, tag):
+        return tag, False
+    with _lock(tag):
+        if local_image_id(client, tag):
+            return tag, False
+        tar_path = source.node_copy(tarball, source_digest)
+        container = _create(
+            client,
+            env_tag,
+            ["python", "/mr/side/prepare.py", "/mr/source.tar", SOURCE_DIR, "1" if install_project else "0"],
+            {
+                str(tar_path): {"bind": "/mr/source.tar", "mode": "ro"},
+                str(SIDE_DIR): {"bind": "/mr/side", "mode": "ro"},
+            },
+            {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore", "HOME": "/tmp"},
+            labels or {},
+        )
+        try:
+            container.start()
+            code = int(container.wait().get("StatusCode", 1))
+            text = container.logs().decode("utf-8", "replace")
+            _write_log(log, text)
+            if code != 0:
+                tail = "\n".join(text.splitlines()[-25:])
+                if code == SETUP_FAILED:
+                    raise SetupFailed("the project could not be installed in the cell image", tail)
+                raise BuildFailed(f"preparing the project source failed (exit {code})", tail)
+            container.commit(
+                repository=SOURCE_REPO,
+                tag=tag.split(":")[1],
+                changes=[
+                    f"WORKDIR {SOURCE_DIR}",
+                    f"LABEL {engine.LABEL_ROLE}=source",
+                    f'LABEL {engine.LABEL_RUN}=""',
+                    f"LABEL matrix-run.env={env_tag}",
+                    f"LABEL matrix-run.source={source_digest}",
+                ],
+            )
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        _prune_source_layers(client, env_tag, keep=tag)
+        return tag, True
+
+
+def _prune_source_layers(client: docker.DockerClient, env_tag: str, keep: str) -> None:
+    """Keep the newest few source layers of one dependency image; older ones only take disk."""
+    import docker.errors
+
+    layers = client.images.list(filters={"label": [f"{engine.LABEL_ROLE}=source", f"matrix-run.env={env_tag}"]})
+    layers.sort(key=lambda im: str(im.attrs.get("Created", "")), reverse=True)
+    for old in layers[SOURCE_LAYERS_KEPT:]:
+        if keep in old.tags:
+            continue
+        with contextlib.suppress(docker.errors.APIError):  # in use by a running shard: next time
+            client.images.remove(old.id, noprune=False)
+
+
 def _provision(
     client: docker.DockerClient, spec: ImageSpec, base: str, tag: str, log: Path | None, labels: dict[str, str]
 ) -> None:
@@ -422,7 +526,12 @@ def _provision(
             container.commit(
                 repository=tag.split(":", maxsplit=1)[0],
                 tag=tag.split(":")[1],
-                changes=[f"ENV {PATH_ENV}", f"ENV VIRTUAL_ENV={VENV}", f"LABEL {engine.LABEL_ROLE}=env"],
+                changes=[
+                    f"ENV {PATH_ENV}",
+                    f"ENV VIRTUAL_ENV={VENV}",
+                    f"LABEL {engine.LABEL_ROLE}=env",
+                    f'LABEL {engine.LABEL_RUN}=""',
+                ],
             )
         finally:
             with contextlib.suppress(docker.errors.NotFound):
@@ -438,10 +547,17 @@ def _create(
     env: dict[str, str],
     labels: dict[str, str],
 ) -> docker.models.containers.Container:
+    import docker.types
+
+    # bind mounts, not ``volumes=``: docker-py would also declare them as image VOLUMEs, which a commit keeps
+    mounts = [
+        docker.types.Mount(target=v["bind"], source=host, type="bind", read_only=v.get("mode") == "ro")
+        for host, v in volumes.items()
+    ]
     return client.containers.create(
         image,
         command=command,
-        volumes=volumes,
+        mounts=mounts,
         environment=env,
         labels={**labels, engine.LABEL_ROLE: "provision"},
         detach=True,

@@ -7,11 +7,15 @@ identical trees (sorted entries, zeroed times and owners), so its hash keys the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import subprocess
 import tarfile
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +120,22 @@ def extract(tarball: bytes, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r") as tar:
         tar.extractall(dest, filter="data")
+
+
+NODE_CACHE = Path(tempfile.gettempdir()) / "matrix-run-sources"
+
+
+def node_copy(tarball: bytes, digest: str) -> Path:
+    """The snapshot as a file on this node, written once per content (atomically) and shared read-only."""
+    NODE_CACHE.mkdir(parents=True, exist_ok=True)
+    path = NODE_CACHE / f"{digest}.tar"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(tarball)
+        tmp.replace(path)
+        now = time.time()
+        for old in NODE_CACHE.glob("*.tar"):  # keep the cache bounded: drop snapshots unused for a day
+            with contextlib.suppress(OSError):
+                if now - old.stat().st_atime > 86400:
+                    old.unlink()
+    return path

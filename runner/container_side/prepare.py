@@ -1,0 +1,60 @@
+"""Source layer: unpack the project snapshot into /src and install the project (no network, no deps).
+
+Usage: python prepare.py TARBALL DEST INSTALL(0|1). Runs once per cell image and source snapshot; the result is
+committed as a thin image layer that every shard of that cell starts from, so a shard pays neither for the
+unpacking nor for the install, and a code change rebuilds only this layer, never the dependency image.
+"""
+
+import os
+import subprocess
+import sys
+import tarfile
+
+SETUP_FAILED = 250  # the project could not be installed: an error of the cell, not a test failure
+
+
+def install_project(src):
+    """Install the project without network: editable first, a regular build when the backend cannot edit."""
+    if not (os.path.exists(os.path.join(src, "pyproject.toml")) or os.path.exists(os.path.join(src, "setup.py"))):
+        return
+    env = dict(os.environ)
+    if not os.path.exists(os.path.join(src, "PKG-INFO")):
+        # setuptools-scm and hatch-vcs need git metadata, which the shipped tree does not carry
+        env.setdefault("SETUPTOOLS_SCM_PRETEND_VERSION", "0.0.0+matrixrun")
+    base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
+    base += ["--disable-pip-version-check"]
+    for argv in (base + ["-e", src], base + [src]):
+        code = subprocess.call(argv, env=env, stdout=sys.stderr)
+        if code == 0:
+            return
+        print("matrix-run: '%s' failed (exit %d)" % (" ".join(argv), code), flush=True)
+    print("matrix-run: the project could not be installed; see above", flush=True)
+    sys.exit(SETUP_FAILED)
+
+
+def unpack(tarball, dest):
+    """The project snapshot into this container's own layer; only plain files and folders, inside dest."""
+    os.makedirs(dest, exist_ok=True)
+    with tarfile.open(tarball) as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = m.name.split("/")
+            if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                print("matrix-run: refusing tar member %r" % m.name, flush=True)
+                sys.exit(SETUP_FAILED)
+            members.append(m)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and recent patch releases
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            tar.extractall(dest, members=members)
+
+
+def main():
+    tarball, dest, install = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    unpack(tarball, dest)
+    if install:
+        install_project(dest)
+
+
+if __name__ == "__main__":
+    main()
