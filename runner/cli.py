@@ -18,6 +18,7 @@ from pathlib import Path
 
 from runner import __version__, config, matrix, plan, source
 from runner.errors import ExitCode, UserError
+from runner.history import History
 
 OWNED_OUTPUTS = ("junit.xml", "results.json", "summary.md", "report.html", "shards", "logs", "images")
 
@@ -30,9 +31,24 @@ class Planned:
     cells: list[matrix.Cell]
     tree: source.SourceTree
     shards: dict[str, list[plan.Shard]]
+    measured: set[str]  # cells whose plan rests on measured durations (else on test counts)
+    scope: str
 
 
-def plan_run(matrix_path: str, select: Sequence[str], shards_override: int | None = None) -> Planned:
+SECONDS_PER_UNKNOWN_TEST = 0.1  # a guess for a test no run has measured yet
+
+
+def history_scope(mf: config.MatrixFile) -> str:
+    return f"{mf.name}@{mf.project.name}"
+
+
+def plan_run(
+    matrix_path: str,
+    select: Sequence[str],
+    shards_override: int | None = None,
+    history: History | None = None,
+    slots: int = 1,
+) -> Planned:
     mf = config.load(matrix_path)
     cells = matrix.expand(mf, select)
     tree = source.snapshot(mf.project)
@@ -45,23 +61,36 @@ def plan_run(matrix_path: str, select: Sequence[str], shards_override: int | Non
             f"(looked for {' '.join(settings.python_files)}); set tests.paths",
             ExitCode.NO_TESTS,
         )
-    estimates = plan.estimate(tree, files)
-    shards = {}
+    scope = history_scope(mf)
+    unmeasured = plan.estimate(tree, files, None, SECONDS_PER_UNKNOWN_TEST)
+    shards: dict[str, list[plan.Shard]] = {}
+    measured: set[str] = set()
     for cell in cells:
+        tests = history.tests(scope, cell.id) if history is not None else {}
+        if tests:
+            measured.add(cell.id)
+            seconds = {f: sum(t.values()) for f, t in tests.items()}
+            estimates = plan.estimate(tree, files, seconds, SECONDS_PER_UNKNOWN_TEST)
+        else:
+            estimates = unmeasured
         count = shards_override or mf.tests.shards
         if count == "auto":
-            count = max(1, min(len(files), 4))
-        shards[cell.id] = plan.plan_lpt(cell, estimates, int(count))
-    return Planned(mf, cells, tree, shards)
+            count = plan.auto_shards(sum(e.weight for e in estimates), mf.tests.shard_target, slots)
+        shards[cell.id] = plan.plan_lpt(cell, estimates, int(count), tests)
+    return Planned(mf, cells, tree, shards, measured, scope)
 
 
 def print_plan(planned: Planned) -> None:
     print(f"{planned.mf.name}: {len(planned.cells)} cell(s), project {planned.mf.project}")
     for cell in planned.cells:
         shards = planned.shards[cell.id]
-        print(f"  {cell.id}  image base {cell.base}  {len(shards)} shard(s)")
+        basis = "measured" if cell.id in planned.measured else "estimated from test counts"
+        print(f"  {cell.id}  image base {cell.base}  {len(shards)} shard(s), predicted times {basis}")
         for s in shards:
-            print(f"    {s.slug}  ~{s.predicted:.0f} units  {len(s.files)} file(s): {' '.join(s.files)}")
+            extra = f" (+{len(s.only)} named tests)" if s.only else ""
+            extra += f" (-{len(s.skip)} tests run elsewhere)" if s.skip else ""
+            first = " + any file no other shard names" if s.index == 1 and len(shards) > 1 else ""
+            print(f"    {s.slug}  ~{s.predicted:.1f}s  {len(s.files)} file(s){extra}{first}: {' '.join(s.files)}")
 
 
 def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -89,12 +118,24 @@ def _prepare_out(out: Path) -> None:
             target.unlink()
 
 
+def _history(args: argparse.Namespace) -> History:
+    path = Path(args.history or os.environ.get("MATRIX_RUN_HISTORY") or Path(".matrix-run") / "history.sqlite")
+    return History(path.resolve())
+
+
+def _slots(args: argparse.Namespace, mf: config.MatrixFile) -> int:
+    """Shard slots for ``tests.shards: auto``: --max-parallel, strategy.max-parallel, else this host's cores."""
+    return args.max_parallel or mf.strategy.max_parallel or os.cpu_count() or 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import engine, images, junit, summary
-    from runner.coordinator import Coordinator, RunOptions
+    from runner import cache, engine, images, junit, summary
+    from runner.coordinator import Coordinator, RunOptions, RunResults
     from runner.progress import make_view
 
-    planned = plan_run(args.matrix, args.select, args.shards)
+    history = _history(args)
+    mf0 = config.load(args.matrix)
+    planned = plan_run(args.matrix, args.select, args.shards, history, _slots(args, mf0))
     if args.dry_run:
         print_plan(planned)
         return ExitCode.OK
@@ -102,7 +143,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = _container_env(mf, args.env)
     client = engine.connect()
     specs = images.specs_for(mf, planned.cells, client)
-    images.check_bases(client, specs)
+    keys = {c.id: cache.key_for(mf, c, specs[c.id], planned.tree.digest, env) for c in planned.cells}
+    cached = {}
+    if args.cache:
+        for cell in planned.cells:
+            hit = cache.lookup(history, keys[cell.id], cell)
+            if hit is not None:
+                cached[cell.id] = hit
+    to_run = [c for c in planned.cells if c.id not in cached]
+    if to_run:
+        images.check_bases(client, {c.id: specs[c.id] for c in to_run})
     out = Path(args.out or Path(".matrix-run") / mf.name).resolve()
     _prepare_out(out)
     run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
@@ -116,18 +166,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         infra_retries=mf.retries.infra,
         env=env,
     )
-    view = make_view(plain=args.plain)
-    view.begin({c.id: len(planned.shards[c.id]) for c in planned.cells})
-    view.note(f"run {run_id}: {len(planned.cells)} cell(s) -> {out}")
-    try:
-        results = Coordinator(mf, planned.cells, planned.shards, specs, planned.tree, options, view).run()
-    finally:
-        view.end()
+    started = time.monotonic()
+    if to_run:
+        view = make_view(plain=args.plain)
+        view.begin({c.id: len(planned.shards[c.id]) for c in to_run})
+        view.note(f"run {run_id}: {len(to_run)} cell(s) to run, {len(cached)} cached -> {out}")
+        try:
+            ran = Coordinator(mf, to_run, planned.shards, specs, planned.tree, options, view).run()
+        finally:
+            view.end()
+    else:
+        ran = RunResults(run_id, [], False, False, 0.0, 0, 0)
+    by_id = {c.cell_id: c for c in ran.cells} | cached
+    results = RunResults(
+        run_id=run_id,
+        cells=[by_id[c.id] for c in planned.cells],
+        interrupted=ran.interrupted,
+        cancelled=ran.cancelled,
+        duration=time.monotonic() - started,
+        images_built=ran.images_built,
+        images_reused=ran.images_reused,
+    )
     status, code = summary.run_status(results, strict_flaky=args.strict_flaky)
     junit.write_merged(results.cells, out / "junit.xml", mf.name)
     summary.write_results_json(results, out / "results.json", mf.name, status, code)
     summary.write_summary_md(results, out / "summary.md", mf.name, status)
     summary.write_report_html(results, out / "report.html", mf.name, status)
+    for cell in ran.cells:
+        history.record(planned.scope, cell.cell_id, summary.measured_durations(cell))
+        cache.remember(history, planned.scope, keys[cell.cell_id], cell)
+    history.close()
     summary.print_table(results, status)
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")
     return code
@@ -188,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ff.add_argument("--no-fail-fast", dest="fail_fast", action="store_false")
     run.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]", help="pass to test containers")
     run.add_argument("--dry-run", action="store_true", help="print cells and shards, run nothing")
+    run.add_argument("--cache", action="store_true", help="skip cells whose inputs match a fully passing run")
+    run.add_argument("--history", help="duration and result store (default .matrix-run/history.sqlite)")
     run.add_argument("--plain", action="store_true", default=None, help="plain log lines instead of a live view")
     run.set_defaults(func=cmd_run)
 

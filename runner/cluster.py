@@ -136,6 +136,14 @@ def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node
     return _remote_task.options(**options).remote(request, tarball_ref)
 
 
+def capacity() -> tuple[float, float]:
+    """CPUs and GPUs of the alive nodes, now."""
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
 def put(data: bytes) -> Any:
     import ray
 

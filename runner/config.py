@@ -45,6 +45,7 @@ class TestsConfig:
     args: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     shards: int | str = 1  # an int >= 1 or "auto"
+    shard_target: float = 60.0  # seconds a shard should take, for shards: auto
     timeout: float = 1800.0
     install_project: bool = True
     env: tuple[tuple[str, str], ...] = ()
@@ -188,6 +189,12 @@ def _int(doc: _Doc, key: str, value: Any, minimum: int = 0) -> int:
     return value
 
 
+def _positive(doc: _Doc, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise doc.error(key, f"must be a number of seconds > 0 (got {value!r})")
+    return float(value)
+
+
 def _bool(doc: _Doc, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise doc.error(key, f"must be true or false (got {value!r})")
@@ -282,6 +289,7 @@ TESTS_KEYS = (
     "args",
     "paths",
     "shards",
+    "shard-target",
     "timeout",
     "install-project",
     "env",
@@ -353,8 +361,6 @@ def load(path: str | Path) -> MatrixFile:
     if shards != "auto":
         shards = _int(doc, "tests.shards", shards, minimum=1)
     timeout = t.get("timeout", 1800)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise doc.error("tests.timeout", f"must be a number of seconds > 0 (got {timeout!r})")
     command = _str_list(doc, "tests.command", t.get("command", list(DEFAULT_COMMAND)))
     if not command:
         raise doc.error("tests.command", "must not be empty; the default is [python, -m, pytest]")
@@ -366,7 +372,8 @@ def load(path: str | Path) -> MatrixFile:
         args=_str_list(doc, "tests.args", t.get("args", [])),
         paths=_str_list(doc, "tests.paths", t.get("paths", [])),
         shards=shards,
-        timeout=float(timeout),
+        shard_target=_positive(doc, "tests.shard-target", t.get("shard-target", 60)),
+        timeout=_positive(doc, "tests.timeout", timeout),
         install_project=_bool(doc, "tests.install-project", t.get("install-project", True)),
         env=_str_map(doc, "tests.env", t.get("env", {})),
         pass_env=_str_list(doc, "tests.pass-env", t.get("pass-env", [])),

@@ -43,7 +43,8 @@ class ShardRequest:
     files: tuple[str, ...]  # the shard's files; with ``complement``, the files it must leave to other shards
     complement: bool = False
     roots: tuple[str, ...] = ()  # what pytest is pointed at (tests.paths); empty = the project's own testpaths
-    select: tuple[str, ...] = ()  # node ids to run (a rerun); empty = all tests of the files
+    only: tuple[str, ...] = ()  # node ids restricting the files they belong to (a rerun, a split file)
+    skip: tuple[str, ...] = ()  # node ids left to other shards
     timeout: float = 1800.0
     resources: Resources = field(default_factory=Resources)
     env: tuple[tuple[str, str], ...] = ()
@@ -179,13 +180,13 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
                     "out": OUT,
                     "command": list(req.command),
                     "roots": list(req.roots),
-                    "select": bool(req.select),
+                    "select": bool(req.only or req.skip),
                     "install_project": req.install_project,
                 }
             )
         )
-        if req.select:
-            (work / "out" / "select.json").write_text(json.dumps(list(req.select)))
+        if req.only or req.skip:
+            (work / "out" / "select.json").write_text(json.dumps({"only": list(req.only), "skip": list(req.skip)}))
         files = {"exclude" if req.complement else "include": list(req.files)}
         (work / "out" / "files.json").write_text(json.dumps(files))
         _remove_stale(client, req)

@@ -99,12 +99,14 @@ class Coordinator:
         self.image_tags: dict[str, str] = {}
         self.queue: list[QueueEntry] = []
         self.seq = itertools.count()
-        self.inflight: dict[Any, tuple[ShardState, ShardRequest]] = {}
+        self.inflight: dict[Any, tuple[ShardState, ShardRequest, tuple[str, ...]]] = {}
         self.interrupted = threading.Event()
         self.cancelled = False
         self.finished_cells: set[str] = set()
         self.images_built = 0
         self.images_reused = 0
+        self._capacity: tuple[float, float] = (1.0, 0.0)
+        self._capacity_at = float("-inf")
         self.shard_dir = options.out / "shards"
         self.log_dir = options.out / "logs"
 
@@ -129,11 +131,10 @@ class Coordinator:
             builds = self._start_builds(pool, client)
             ray_cluster = cluster.connect(self.opt.address)
             tarball = cluster.put(self.tree.tarball)
-            capacity = self.opt.max_parallel or 10**9
             while not self.interrupted.is_set():
                 self._collect_builds(builds)
-                while self.queue and len(self.inflight) < capacity and not self.cancelled:
-                    self._submit(heapq.heappop(self.queue), tarball)
+                if not self.cancelled:
+                    self._submit_what_fits(tarball)
                 if not self.inflight and not self.queue and not builds:
                     break
                 for ref, outcome, error in cluster.completed(list(self.inflight), timeout=0.2):
@@ -161,7 +162,7 @@ class Coordinator:
     def _stop_everything(self) -> None:
         if self.inflight:
             cluster.cancel(list(self.inflight))
-            for state, _ in self.inflight.values():
+            for state, _, _ in self.inflight.values():
                 state.cancelled = True
             self.inflight.clear()
         for entry in self.queue:
@@ -236,21 +237,63 @@ class Coordinator:
         rank = 0 if state.next_attempt > 1 else 1
         heapq.heappush(self.queue, (rank, -state.shard.predicted, next(self.seq), state, select, avoid_node))
 
+    def _submit_what_fits(self, tarball: Any) -> None:
+        """Submit queued shards, in priority order, while the cluster has room for them.
+
+        Ray only ever holds shards it can start now, so the order of the matrix-wide queue (reruns, then the
+        longest predicted shard) is the order shards really start in, and fail-fast or Ctrl-C have little to
+        cancel. ``max-parallel`` caps the count on top.
+        """
+        if not self.queue:
+            return
+        now = time.monotonic()
+        if now - self._capacity_at > 2.0:  # nodes come and go: look again every few seconds
+            self._capacity = cluster.capacity()
+            self._capacity_at = now
+        cpus, gpus = self._capacity
+        used_cpu = sum(req.resources.cpus for _, req, _ in self.inflight.values())
+        used_gpu = sum(req.resources.gpus for _, req, _ in self.inflight.values())
+        deferred = []
+        while self.queue:
+            if self.opt.max_parallel and len(self.inflight) >= self.opt.max_parallel:
+                break
+            entry = heapq.heappop(self.queue)
+            res = entry[3].cell.resources
+            fits_cpu = used_cpu + res.cpus <= cpus + 1e-9 or not self.inflight
+            fits_gpu = res.gpus == 0 or used_gpu + res.gpus <= gpus + 1e-9
+            if fits_cpu and fits_gpu:
+                self._submit(entry, tarball)
+                used_cpu += res.cpus
+                used_gpu += res.gpus
+            else:
+                deferred.append(entry)
+                if not fits_cpu:
+                    break
+        for entry in deferred:
+            heapq.heappush(self.queue, entry)
+
     def _submit(self, entry: QueueEntry, tarball: Any) -> None:
         state, select, avoid_node = entry[3], entry[4], entry[5]
         cell = state.cell
+        shard = state.shard
+        if select:  # a rerun of named tests: just their files, just those ids
+            files, complement, only, skip = tuple(sorted({n.split("::", 1)[0] for n in select})), False, select, ()
+        elif shard.index == 1:  # the first shard takes every file no other shard names: nothing can fall between
+            files, complement, only, skip = self._others_files(state), True, shard.only, shard.skip
+        else:
+            files, complement, only, skip = shard.files, False, shard.only, shard.skip
         req = ShardRequest(
             run_id=self.opt.run_id,
             cell_id=cell.id,
-            shard=state.shard.slug,
+            shard=shard.slug,
             attempt=state.next_attempt,
             image=self.specs[cell.id],
             command=cell.command,
-            # the first shard takes every file no other shard names, so nothing pytest collects is lost
-            files=self._others_files(state) if state.shard.index == 1 else state.shard.files,
-            complement=state.shard.index == 1,
+            files=files,
+            complement=complement,
+            only=only,
+            skip=skip,
             roots=self.mf.tests.paths,
-            select=select or state.shard.node_ids,
             timeout=self.mf.tests.timeout,
             resources=cell.resources,
             env=self.opt.env,
@@ -262,11 +305,13 @@ class Coordinator:
         if not state.started:
             state.started = time.monotonic()
         ref = cluster.submit(req, tarball, max_retries=self.opt.infra_retries, avoid_node=avoid_node)
-        self.inflight[ref] = (state, req)
+        self.inflight[ref] = (state, req, select)
         self.view.shard(cell.id, state.shard.slug, req.attempt, "running")
 
     def _others_files(self, state: ShardState) -> tuple[str, ...]:
-        return tuple(f for s in self.states[state.cell.id] if s is not state for f in s.shard.files)
+        """Files wholly run by the cell's other shards (a file split across shards stays with its parts)."""
+        mine = set(state.shard.files)
+        return tuple(sorted({f for s in self.states[state.cell.id] if s is not state for f in s.shard.files} - mine))
 
     def _save(self, outcome: ShardOutcome) -> None:
         base = f"{outcome.shard}.attempt{outcome.attempt}"
@@ -283,7 +328,7 @@ class Coordinator:
             (raw / f"{base}.coverage").write_bytes(outcome.coverage)
 
     def _handle(self, ref: Any, outcome: ShardOutcome | None, error: str) -> None:
-        state, req = self.inflight.pop(ref)
+        state, req, select = self.inflight.pop(ref)
         if outcome is None:
             if error == "cancelled":
                 state.cancelled = True
@@ -298,7 +343,7 @@ class Coordinator:
         self._save(outcome)
         att = evaluate(outcome, req.timeout)
         state.attempts.append(att)
-        rerun = None if self.cancelled else decide(att, state.budget, req.select)
+        rerun = None if self.cancelled else decide(att, state.budget, select)
         passed = sum(c.status is Status.PASSED for c in att.cases)
         failed = sum(c.status in BAD for c in att.cases)
         if rerun is not None:

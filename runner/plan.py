@@ -10,10 +10,11 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import heapq
+import math
 import posixpath
 import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,13 +47,24 @@ class TestFile:
 
 
 @dataclass(frozen=True)
+class Piece:
+    """A unit of planning: a whole file, or a part of a file too long for one shard."""
+
+    file: str
+    weight: float
+    only: tuple[str, ...] = ()  # node ids this piece runs; empty = the whole file (minus ``skip``)
+    skip: tuple[str, ...] = ()  # node ids other pieces run (the last piece of a split file takes new tests too)
+
+
+@dataclass(frozen=True)
 class Shard:
     cell_id: str
     index: int  # 1-based
     count: int
     files: tuple[str, ...]
     predicted: float = 0.0
-    node_ids: tuple[str, ...] = field(default=())  # a subset of the files' tests; empty = whole files
+    only: tuple[str, ...] = field(default=())  # node ids restricting the files they belong to
+    skip: tuple[str, ...] = field(default=())  # node ids left to other shards
 
     @property
     def id(self) -> str:
@@ -156,7 +168,12 @@ def _has_doctest(tree: SourceTree, rel: str) -> bool:
         return True
 
 
-def estimate(tree: SourceTree, files: Sequence[str], history: Mapping[str, float] | None = None) -> list[TestFile]:
+def estimate(
+    tree: SourceTree,
+    files: Sequence[str],
+    history: Mapping[str, float] | None = None,
+    default_per_test: float = 1.0,
+) -> list[TestFile]:
     """Predicted seconds per file: from history where known, else from the count of test definitions.
 
     Unknown files get the mean seconds-per-test of the known ones, so both scales agree.
@@ -169,28 +186,91 @@ def estimate(tree: SourceTree, files: Sequence[str], history: Mapping[str, float
         except OSError:
             counts[rel] = 1
     known = [(history[f], counts[f]) for f in files if f in history]
-    per_test = sum(s for s, _ in known) / max(1, sum(c for _, c in known)) if known else 1.0
+    per_test = sum(s for s, _ in known) / max(1, sum(c for _, c in known)) if known else default_per_test
     return [TestFile(f, history.get(f, counts[f] * per_test)) for f in files]
 
 
-Planner = Callable[[Cell, Sequence[TestFile], int], list[Shard]]
+def _lpt(weights: Sequence[tuple[float, str]], bins: int) -> tuple[list[list[int]], list[float]]:
+    """Longest processing time first over (weight, tie-break) items: item indexes per bin, and bin loads."""
+    heap: list[tuple[float, int]] = [(0.0, i) for i in range(bins)]
+    buckets: list[list[int]] = [[] for _ in range(bins)]
+    loads = [0.0] * bins
+    for idx in sorted(range(len(weights)), key=lambda i: (-weights[i][0], weights[i][1])):
+        load, b = heapq.heappop(heap)
+        buckets[b].append(idx)
+        loads[b] = load + weights[idx][0]
+        heapq.heappush(heap, (loads[b], b))
+    return buckets, loads
 
 
-def plan_lpt(cell: Cell, files: Sequence[TestFile], shards: int) -> list[Shard]:
-    """Longest-processing-time first: each file, heaviest first, goes to the least loaded shard.
+def split_pieces(files: Sequence[TestFile], tests: Mapping[str, Mapping[str, float]], target: float) -> list[Piece]:
+    """Whole files, except those predicted longer than ``target`` whose tests are known: those are cut by test id.
 
-    Every file lands in exactly one shard; the result depends only on the inputs (ties break by path).
+    Every part but the last names its tests; the last skips the others' tests, so a test that history does not
+    know yet (new since the last run) still runs exactly once.
     """
-    count = max(1, min(shards, len(files)))
-    heap: list[tuple[float, int]] = [(0.0, i) for i in range(count)]
-    buckets: list[list[str]] = [[] for _ in range(count)]
-    loads = [0.0] * count
-    for tf in sorted(files, key=lambda f: (-f.weight, f.path)):
-        load, i = heapq.heappop(heap)
-        buckets[i].append(tf.path)
-        loads[i] = load + tf.weight
-        heapq.heappush(heap, (loads[i], i))
-    return [
-        Shard(cell_id=cell.id, index=i + 1, count=count, files=tuple(sorted(b)), predicted=loads[i])
-        for i, b in enumerate(buckets)
-    ]
+    pieces: list[Piece] = []
+    for tf in files:
+        known = tests.get(tf.path, {})
+        if target <= 0 or tf.weight <= target * 1.05 or len(known) < 2:
+            pieces.append(Piece(tf.path, tf.weight))
+            continue
+        parts = min(len(known), math.ceil(tf.weight / target))
+        items = sorted(known.items())
+        buckets, loads = _lpt([(sec, nid) for nid, sec in items], parts)
+        ids = [tuple(sorted(items[i][0] for i in b)) for b in buckets]
+        scale = tf.weight / max(sum(loads), 1e-9)  # history may not cover every test of the file
+        everything = {nid for nid, _ in items}
+        for i, part in enumerate(ids):
+            if i < len(ids) - 1:
+                pieces.append(Piece(tf.path, loads[i] * scale, only=part))
+            else:
+                pieces.append(Piece(tf.path, loads[i] * scale, skip=tuple(sorted(everything - set(part)))))
+    return pieces
+
+
+def plan_lpt(
+    cell: Cell,
+    files: Sequence[TestFile],
+    shards: int,
+    tests: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[Shard]:
+    """Longest-processing-time first: each piece, heaviest first, goes to the least loaded shard.
+
+    A file longer than a fair shard (total / shards) is split by test id where history knows its tests. Every
+    test lands in exactly one shard; the plan depends only on the inputs (ties break by path).
+    """
+    total = sum(f.weight for f in files)
+    target = total / shards if shards > 1 else 0.0
+    pieces = split_pieces(files, tests or {}, target)
+    count = max(1, min(shards, len(pieces)))
+    buckets, loads = _lpt([(p.weight, f"{p.file}\0{p.only[:1]}") for p in pieces], count)
+    out = []
+    for i, bucket in enumerate(buckets):
+        mine = [pieces[j] for j in bucket]
+        only: set[str] = set()
+        skip: set[str] = set()
+        for path in {p.file for p in mine}:
+            parts = [p for p in mine if p.file == path]
+            rest = next((p for p in parts if not p.only), None)
+            if rest is None:
+                only.update(n for p in parts for n in p.only)
+            else:  # this shard holds the file's last part: it runs all but what other shards run
+                skip.update(set(rest.skip) - {n for p in parts for n in p.only})
+        out.append(
+            Shard(
+                cell_id=cell.id,
+                index=i + 1,
+                count=count,
+                files=tuple(sorted({p.file for p in mine})),
+                predicted=loads[i],
+                only=tuple(sorted(only)),
+                skip=tuple(sorted(skip)),
+            )
+        )
+    return out
+
+
+def auto_shards(predicted: float, target: float, slots: int) -> int:
+    """``tests.shards: auto``: enough shards of about ``target`` seconds, never more than the free slots."""
+    return max(1, min(math.ceil(predicted / max(target, 1e-9)), max(1, slots)))

@@ -24,7 +24,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class Rerun:
-    select: tuple[str, ...]  # node ids; empty means the whole shard again
+    select: tuple[str, ...]  # node ids; empty means the same request again (the shard broke before reporting)
     reasons: tuple[str, ...]
 
 

@@ -32,6 +32,15 @@ def run_status(results: RunResults, strict_flaky: bool = False) -> tuple[str, Ex
     return "passed", ExitCode.OK
 
 
+def measured_durations(cell: CellResult) -> list[tuple[str, float]]:
+    """(node id, seconds) of each test's first attempt, for the duration history; timeouts say nothing."""
+    return [
+        (h.first.nodeid, h.first.time)
+        for h in cell.tests.values()
+        if h.first.nodeid and h.first.status is not Status.TIMEOUT
+    ]
+
+
 def cell_record(cell: CellResult) -> dict[str, object]:
     counts = cell.counts()
     return {

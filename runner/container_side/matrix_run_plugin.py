@@ -9,8 +9,10 @@
   project's own roots with its own rules (``collect_ignore`` in conftest files, ``norecursedirs``, ...): a file
   that a conftest ignores stays ignored, exactly as in a direct run. The exclude form lets one shard take every
   file that no other shard named, so no test can fall between shards.
-- ``--matrix-run-select FILE`` (a JSON list of node ids) keeps only those tests; an id that no longer exists
-  (e.g. a parameter id holding the current time) falls back to every parametrization of its function.
+- ``--matrix-run-select FILE`` (JSON ``{"only": [...], "skip": [...]}`` of node ids): a file with ids in
+  ``only`` runs just those (a rerun, or a part of a file split across shards); ids in ``skip`` do not run (they
+  belong to another part). An id that no longer exists (e.g. a parameter id holding the current time) falls back
+  to every parametrization of its function.
 """
 
 import json
@@ -25,7 +27,7 @@ _stream = None
 def pytest_addoption(parser):
     group = parser.getgroup("matrix-run")
     group.addoption("--matrix-run-report", default=None, help="write per-test JSON lines here")
-    group.addoption("--matrix-run-select", default=None, help="JSON file: node ids to run")
+    group.addoption("--matrix-run-select", default=None, help="JSON file: node ids to run or skip")
     group.addoption("--matrix-run-files", default=None, help="JSON file: the shard's files (include or exclude)")
 
 
@@ -108,17 +110,26 @@ def _base(nodeid):
     return nodeid.split("[", 1)[0]
 
 
+def _file_of(nodeid):
+    return nodeid.split("::", 1)[0]
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     path = config.getoption("matrix_run_select", None)
     if path:
         with open(path) as fh:
-            wanted = set(json.load(fh))
+            spec = json.load(fh)
+        only, skip = set(spec.get("only", [])), set(spec.get("skip", []))
         present = {item.nodeid for item in items}
-        missing_bases = {_base(n) for n in wanted if n not in present}
+        # an id that no longer exists (a parameter id holding the time, say) falls back to its whole function
+        missing_bases = {_base(n) for n in only if n not in present}
+        restricted = {_file_of(n) for n in only}
         keep, drop = [], []
         for item in items:
-            if item.nodeid in wanted or _base(item.nodeid) in missing_bases:
+            nodeid = item.nodeid
+            wanted = nodeid in only or _base(nodeid) in missing_bases or _file_of(nodeid) not in restricted
+            if wanted and nodeid not in skip:
                 keep.append(item)
             else:
                 drop.append(item)

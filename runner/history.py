@@ -1,0 +1,118 @@
+"""What earlier runs measured: per-test durations (for planning) and fully passing cells (the result cache).
+
+One SQLite file (default ``.matrix-run/history.sqlite``; ``--history PATH`` or ``MATRIX_RUN_HISTORY``), in WAL
+mode, so two runs that finish at once both land. It stays bounded: rows unused for ``MAX_AGE_DAYS`` and the
+oldest rows beyond ``MAX_ROWS`` are dropped on every write. Durations are recorded after every run from the
+merged results; there is no manual "store durations" step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+MAX_AGE_DAYS = 60
+MAX_ROWS = 500_000
+MAX_CACHED = 2_000
+WEIGHT_NEW = 0.7  # exponential moving average: how much the newest measurement counts
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS durations (
+    scope TEXT NOT NULL, cell TEXT NOT NULL, nodeid TEXT NOT NULL, file TEXT NOT NULL,
+    seconds REAL NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (scope, cell, nodeid)
+);
+CREATE INDEX IF NOT EXISTS durations_by_cell ON durations (scope, cell);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY, scope TEXT NOT NULL, cell TEXT NOT NULL, suite BLOB NOT NULL, created REAL NOT NULL
+);
+"""
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------------------------------------ durations
+
+    def tests(self, scope: str, cell: str) -> dict[str, dict[str, float]]:
+        """file -> {node id -> seconds} for one cell; a cell never measured borrows the mean of its siblings."""
+        rows = self.db.execute(
+            "SELECT file, nodeid, seconds FROM durations WHERE scope = ? AND cell = ?", (scope, cell)
+        ).fetchall()
+        if not rows:
+            rows = self.db.execute(
+                "SELECT file, nodeid, AVG(seconds) FROM durations WHERE scope = ? GROUP BY file, nodeid", (scope,)
+            ).fetchall()
+        out: dict[str, dict[str, float]] = {}
+        for file, nodeid, seconds in rows:
+            out.setdefault(file, {})[nodeid] = float(seconds)
+        return out
+
+    def record(self, scope: str, cell: str, measured: Iterable[tuple[str, float]]) -> int:
+        """Fold (node id, seconds) measurements of one cell into the store. Returns the number of rows."""
+        now = time.time()
+        rows = [(scope, cell, nodeid, nodeid.split("::", 1)[0], seconds, now) for nodeid, seconds in measured]
+        if not rows:
+            return 0
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO durations (scope, cell, nodeid, file, seconds, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (scope, cell, nodeid) DO UPDATE SET "
+                f"seconds = {WEIGHT_NEW} * excluded.seconds + {1 - WEIGHT_NEW} * seconds, updated = excluded.updated",
+                rows,
+            )
+            db.execute("DELETE FROM durations WHERE updated < ?", (now - MAX_AGE_DAYS * 86400,))
+            (count,) = db.execute("SELECT COUNT(*) FROM durations").fetchone()
+            if count > MAX_ROWS:
+                db.execute(
+                    "DELETE FROM durations WHERE rowid IN (SELECT rowid FROM durations ORDER BY updated LIMIT ?)",
+                    (count - MAX_ROWS,),
+                )
+        return len(rows)
+
+    # ------------------------------------------------------------------------------------------------ results
+
+    def cached(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT suite FROM results WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def store(self, key: str, scope: str, cell: str, suite: bytes) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO results (key, scope, cell, suite, created) VALUES (?, ?, ?, ?, ?)",
+                (key, scope, cell, suite, time.time()),
+            )
+            db.execute(
+                "DELETE FROM results WHERE key NOT IN (SELECT key FROM results ORDER BY created DESC LIMIT ?)",
+                (MAX_CACHED,),
+            )
+
+
+def cache_key(parts: dict[str, object]) -> str:
+    """A stable key over every input of a cell's result."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
