@@ -36,6 +36,7 @@ class Planned:
 
 
 SECONDS_PER_UNKNOWN_TEST = 0.1  # a guess for a test no run has measured yet
+MIN_AUTO_SHARD_SECONDS = 10.0  # below this a shard's fixed cost (container, pytest start) dominates
 
 
 def history_scope(mf: config.MatrixFile) -> str:
@@ -63,20 +64,33 @@ def plan_run(
         )
     scope = history_scope(mf)
     unmeasured = plan.estimate(tree, files, None, SECONDS_PER_UNKNOWN_TEST)
-    shards: dict[str, list[plan.Shard]] = {}
+    per_cell: dict[str, tuple[list[plan.TestFile], dict[str, dict[str, float]]]] = {}
     measured: set[str] = set()
     for cell in cells:
         tests = history.tests(scope, cell.id) if history is not None else {}
         if tests:
             measured.add(cell.id)
             seconds = {f: sum(t.values()) for f, t in tests.items()}
-            estimates = plan.estimate(tree, files, seconds, SECONDS_PER_UNKNOWN_TEST)
+            per_cell[cell.id] = (plan.estimate(tree, files, seconds, SECONDS_PER_UNKNOWN_TEST), tests)
         else:
-            estimates = unmeasured
+            per_cell[cell.id] = (unmeasured, {})
+    # shards: auto aims at shards of tests.shard-target seconds, shorter when the whole matrix is small, so
+    # that every slot of the cluster gets a few shards to balance (LPT needs several jobs per slot)
+    total = sum(sum(e.weight for e in est) for est, _ in per_cell.values())
+    target = min(mf.tests.shard_target, max(total / (3 * max(slots, 1)), MIN_AUTO_SHARD_SECONDS))
+    shards: dict[str, list[plan.Shard]] = {}
+    unmeasured_layouts: dict[int, list[plan.Layout]] = {}  # cells without history share one layout per count
+    for cell in cells:
+        estimates, tests = per_cell[cell.id]
         count = shards_override or mf.tests.shards
         if count == "auto":
-            count = plan.auto_shards(sum(e.weight for e in estimates), mf.tests.shard_target, slots)
-        shards[cell.id] = plan.plan_lpt(cell, estimates, int(count), tests)
+            count = plan.auto_shards(sum(e.weight for e in estimates), target, slots)
+        if tests:
+            layout = plan.layout_lpt(estimates, int(count), tests)
+        else:
+            layout = unmeasured_layouts.get(int(count)) or plan.layout_lpt(estimates, int(count))
+            unmeasured_layouts[int(count)] = layout
+        shards[cell.id] = plan.shards_for(cell, layout)
     return Planned(mf, cells, tree, shards, measured, scope)
 
 

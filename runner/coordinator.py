@@ -100,6 +100,7 @@ class Coordinator:
         self.queue: list[QueueEntry] = []
         self.seq = itertools.count()
         self.inflight: dict[Any, tuple[ShardState, ShardRequest, tuple[str, ...]]] = {}
+        self.submitted: dict[Any, float] = {}
         self.interrupted = threading.Event()
         self.cancelled = False
         self.finished_cells: set[str] = set()
@@ -306,6 +307,7 @@ class Coordinator:
             state.started = time.monotonic()
         ref = cluster.submit(req, tarball, max_retries=self.opt.infra_retries, avoid_node=avoid_node)
         self.inflight[ref] = (state, req, select)
+        self.submitted[ref] = time.monotonic()
         self.view.shard(cell.id, state.shard.slug, req.attempt, "running")
 
     def _others_files(self, state: ShardState) -> tuple[str, ...]:
@@ -329,6 +331,7 @@ class Coordinator:
 
     def _handle(self, ref: Any, outcome: ShardOutcome | None, error: str) -> None:
         state, req, select = self.inflight.pop(ref)
+        wall = time.monotonic() - self.submitted.pop(ref, time.monotonic())
         if outcome is None:
             if error == "cancelled":
                 state.cancelled = True
@@ -342,6 +345,7 @@ class Coordinator:
             return
         self._save(outcome)
         att = evaluate(outcome, req.timeout)
+        att.wall = wall
         state.attempts.append(att)
         rerun = None if self.cancelled else decide(att, state.budget, select)
         passed = sum(c.status is Status.PASSED for c in att.cases)

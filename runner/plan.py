@@ -229,16 +229,23 @@ def split_pieces(files: Sequence[TestFile], tests: Mapping[str, Mapping[str, flo
     return pieces
 
 
-def plan_lpt(
-    cell: Cell,
-    files: Sequence[TestFile],
-    shards: int,
-    tests: Mapping[str, Mapping[str, float]] | None = None,
-) -> list[Shard]:
+@dataclass(frozen=True)
+class Layout:
+    """What one shard runs, before it is given a cell: files, parts of split files, predicted seconds."""
+
+    files: tuple[str, ...]
+    predicted: float
+    only: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+
+
+def layout_lpt(
+    files: Sequence[TestFile], shards: int, tests: Mapping[str, Mapping[str, float]] | None = None
+) -> list[Layout]:
     """Longest-processing-time first: each piece, heaviest first, goes to the least loaded shard.
 
     A file longer than a fair shard (total / shards) is split by test id where history knows its tests. Every
-    test lands in exactly one shard; the plan depends only on the inputs (ties break by path).
+    test lands in exactly one shard; the layout depends only on the inputs (ties break by path).
     """
     total = sum(f.weight for f in files)
     target = total / shards if shards > 1 else 0.0
@@ -247,28 +254,37 @@ def plan_lpt(
     buckets, loads = _lpt([(p.weight, f"{p.file}\0{p.only[:1]}") for p in pieces], count)
     out = []
     for i, bucket in enumerate(buckets):
-        mine = [pieces[j] for j in bucket]
+        by_file: dict[str, list[Piece]] = {}
+        for j in bucket:
+            by_file.setdefault(pieces[j].file, []).append(pieces[j])
         only: set[str] = set()
         skip: set[str] = set()
-        for path in {p.file for p in mine}:
-            parts = [p for p in mine if p.file == path]
+        for parts in by_file.values():
+            if len(parts) == 1 and not parts[0].only and not parts[0].skip:
+                continue  # a whole file: the common case
             rest = next((p for p in parts if not p.only), None)
             if rest is None:
                 only.update(n for p in parts for n in p.only)
             else:  # this shard holds the file's last part: it runs all but what other shards run
                 skip.update(set(rest.skip) - {n for p in parts for n in p.only})
-        out.append(
-            Shard(
-                cell_id=cell.id,
-                index=i + 1,
-                count=count,
-                files=tuple(sorted({p.file for p in mine})),
-                predicted=loads[i],
-                only=tuple(sorted(only)),
-                skip=tuple(sorted(skip)),
-            )
-        )
+        out.append(Layout(tuple(sorted(by_file)), loads[i], tuple(sorted(only)), tuple(sorted(skip))))
     return out
+
+
+def shards_for(cell: Cell, layout: Sequence[Layout]) -> list[Shard]:
+    return [
+        Shard(cell.id, i + 1, len(layout), lay.files, lay.predicted, lay.only, lay.skip) for i, lay in enumerate(layout)
+    ]
+
+
+def plan_lpt(
+    cell: Cell,
+    files: Sequence[TestFile],
+    shards: int,
+    tests: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[Shard]:
+    """One cell's shards (see ``layout_lpt``)."""
+    return shards_for(cell, layout_lpt(files, shards, tests))
 
 
 def auto_shards(predicted: float, target: float, slots: int) -> int:

@@ -68,6 +68,7 @@ class Attempt:
     finished: set[str]  # node ids with a final report
     running: str | None  # node id that had started but not finished (timeout / kill)
     outcome: ShardOutcome
+    wall: float = 0.0  # seconds from submission to the coordinator holding the outcome
 
 
 def parse_junit(data: bytes) -> list[Case]:

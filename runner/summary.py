@@ -66,6 +66,7 @@ def cell_record(cell: CellResult) -> dict[str, object]:
                 "reason": a.reason,
                 "tests": len(a.cases),
                 "duration": round(a.outcome.duration, 3),
+                "wall": round(a.wall, 3),
                 "node": a.outcome.node,
                 "gpu_ids": list(a.outcome.gpu_ids),
                 "exit_code": a.outcome.exit_code,
