@@ -136,12 +136,30 @@ def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node
     return _remote_task.options(**options).remote(request, tarball_ref)
 
 
-def capacity() -> tuple[float, float]:
-    """CPUs and GPUs of the alive nodes, now."""
+@dataclass(frozen=True)
+class Capacity:
+    cpus: float  # all CPUs of alive nodes
+    gpus: float
+    cpus_without_gpus: float  # CPUs of alive nodes that have no GPU: where CPU-only shards belong
+
+    def for_cpu_shards(self) -> float:
+        return self.cpus_without_gpus if self.cpus_without_gpus > 0 else self.cpus
+
+
+def capacity() -> Capacity:
+    """What the alive nodes offer, now."""
     import ray
 
-    res = ray.cluster_resources()
-    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    cpus = gpus = plain = 0.0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        cpus += float(res.get("CPU", 0))
+        gpus += float(res.get("GPU", 0))
+        if not res.get("GPU"):
+            plain += float(res.get("CPU", 0))
+    return Capacity(cpus, gpus, plain)
 
 
 def put(data: bytes) -> Any:

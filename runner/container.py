@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -98,8 +99,20 @@ def labels_for(req: ShardRequest) -> dict[str, str]:
     }
 
 
-def _environment(req: ShardRequest) -> dict[str, str]:
+def gpu_mode() -> str:
+    """How Ray's GPU ids reach a container: ``device-request`` (Docker's --gpus, the default) or ``nvidia-env``
+    (NVIDIA_VISIBLE_DEVICES for hosts whose default runtime is nvidia-container-runtime). Set on the nodes
+    with MATRIX_RUN_GPU_MODE."""
+    mode = os.environ.get("MATRIX_RUN_GPU_MODE", "device-request")
+    return mode if mode in ("device-request", "nvidia-env") else "device-request"
+
+
+def _environment(req: ShardRequest, gpu_ids: tuple[str, ...] = ()) -> dict[str, str]:
     env = dict(req.env)
+    if gpu_ids:
+        env["MATRIX_RUN_GPU_IDS"] = ",".join(gpu_ids)  # host ids, as Ray assigned them
+        if gpu_mode() == "nvidia-env":
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     env.update(
         {
             "MATRIX_RUN": "1",
@@ -126,13 +139,13 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
         kwargs["memswap_limit"] = req.resources.memory
     if req.resources.cpus:
         kwargs["nano_cpus"] = int(req.resources.cpus * 1e9)
-    if gpu_ids:
+    if gpu_ids and gpu_mode() == "device-request":
         kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(gpu_ids), capabilities=[["gpu"]])]
     return client.containers.create(
         tag,
         command=["python", f"{SIDE}/entry.py", f"{OUT}/request.json"],
         working_dir=SRC,
-        environment=_environment(req),
+        environment=_environment(req, gpu_ids),
         labels=labels_for(req),
         volumes={
             str(work / "out"): {"bind": OUT, "mode": "rw"},

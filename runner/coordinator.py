@@ -106,7 +106,7 @@ class Coordinator:
         self.finished_cells: set[str] = set()
         self.images_built = 0
         self.images_reused = 0
-        self._capacity: tuple[float, float] = (1.0, 0.0)
+        self._capacity = cluster.Capacity(1.0, 0.0, 1.0)
         self._capacity_at = float("-inf")
         self.shard_dir = options.out / "shards"
         self.log_dir = options.out / "logs"
@@ -251,8 +251,10 @@ class Coordinator:
         if now - self._capacity_at > 2.0:  # nodes come and go: look again every few seconds
             self._capacity = cluster.capacity()
             self._capacity_at = now
-        cpus, gpus = self._capacity
+        cap = self._capacity
+        cpu_shards = [req for _, req, _ in self.inflight.values() if not req.resources.gpus]
         used_cpu = sum(req.resources.cpus for _, req, _ in self.inflight.values())
+        used_plain = sum(req.resources.cpus for req in cpu_shards)
         used_gpu = sum(req.resources.gpus for _, req, _ in self.inflight.values())
         deferred = []
         while self.queue:
@@ -260,16 +262,17 @@ class Coordinator:
                 break
             entry = heapq.heappop(self.queue)
             res = entry[3].cell.resources
-            fits_cpu = used_cpu + res.cpus <= cpus + 1e-9 or not self.inflight
-            fits_gpu = res.gpus == 0 or used_gpu + res.gpus <= gpus + 1e-9
-            if fits_cpu and fits_gpu:
+            if res.gpus:  # GPU shards wait for a GPU; CPU-only shards keep to nodes without GPUs when there are any
+                fits = used_gpu + res.gpus <= cap.gpus + 1e-9 and used_cpu + res.cpus <= cap.cpus + 1e-9
+            else:
+                fits = used_plain + res.cpus <= cap.for_cpu_shards() + 1e-9 or not self.inflight
+            if fits:
                 self._submit(entry, tarball)
                 used_cpu += res.cpus
                 used_gpu += res.gpus
+                used_plain += 0 if res.gpus else res.cpus
             else:
                 deferred.append(entry)
-                if not fits_cpu:
-                    break
         for entry in deferred:
             heapq.heappush(self.queue, entry)
 

@@ -191,7 +191,8 @@ def print_table(results: RunResults, status: str) -> None:
             str(c["flaky"]),
             f"{cell.duration:.1f}s",
         )
-    Console(width=max(100, Console().width)).print(table)
+    widest = max((len(c.cell_id) for c in results.cells), default=10)
+    Console(width=max(widest + 80, Console().width)).print(table)
     for cell in results.cells:
         if cell.status not in (Status.PASSED, Status.FLAKY, Status.CACHED) and cell.reason:
             print(f"{cell.cell_id}: {cell.status}: {cell.reason.strip()[:1500]}")
