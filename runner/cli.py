@@ -200,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration=time.monotonic() - started,
         images_built=ran.images_built,
         images_reused=ran.images_reused,
+        image_check_seconds=ran.image_check_seconds,
     )
     status, code = summary.run_status(results, strict_flaky=args.strict_flaky)
     junit.write_merged(results.cells, out / "junit.xml", mf.name)

@@ -72,6 +72,7 @@ class RunResults:
     duration: float
     images_built: int
     images_reused: int
+    image_check_seconds: float = 0.0  # the longest check of an image that was already there
 
 
 class Coordinator:
@@ -106,6 +107,7 @@ class Coordinator:
         self.finished_cells: set[str] = set()
         self.images_built = 0
         self.images_reused = 0
+        self.image_check_seconds = 0.0
         self._capacity = cluster.Capacity(1.0, 0.0, 1.0)
         self._capacity_at = float("-inf")
         self.shard_dir = options.out / "shards"
@@ -158,6 +160,7 @@ class Coordinator:
             duration=time.monotonic() - started,
             images_built=self.images_built,
             images_reused=self.images_reused,
+            image_check_seconds=self.image_check_seconds,
         )
 
     def _stop_everything(self) -> None:
@@ -180,11 +183,11 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------------------ images
 
-    def _start_builds(self, pool: ThreadPoolExecutor, client: Any) -> dict[Future[tuple[str, bool]], list[str]]:
+    def _start_builds(self, pool: ThreadPoolExecutor, client: Any) -> dict[Future[tuple[str, bool, float]], list[str]]:
         by_tag: dict[str, list[str]] = {}
         for cid in self.cells:
             by_tag.setdefault(self.specs[cid].tag, []).append(cid)
-        builds: dict[Future[tuple[str, bool]], list[str]] = {}
+        builds: dict[Future[tuple[str, bool, float]], list[str]] = {}
         logs = self.opt.out / "images"
         for tag, cids in by_tag.items():
             for cid in cids:
@@ -194,19 +197,23 @@ class Coordinator:
             builds[pool.submit(self._prepare_image, client, self.specs[cids[0]], log, labels)] = cids
         return builds
 
-    def _prepare_image(self, client: Any, spec: ImageSpec, log: Path, labels: dict[str, str]) -> tuple[str, bool]:
+    def _prepare_image(
+        self, client: Any, spec: ImageSpec, log: Path, labels: dict[str, str]
+    ) -> tuple[str, bool, float]:
         """The cell's dependency image, then its source layer (project unpacked and installed) on this node."""
+        started = time.monotonic()
         env_tag, built = images.ensure(client, spec, log, labels)
-        images.ensure_source_layer(
+        _, layer_built = images.ensure_source_layer(
             client, env_tag, self.tree.tarball, self.tree.digest, self.mf.tests.install_project, log, labels
         )
-        return env_tag, built
+        return env_tag, built, 0.0 if built or layer_built else time.monotonic() - started
 
-    def _collect_builds(self, builds: dict[Future[tuple[str, bool]], list[str]]) -> None:
+    def _collect_builds(self, builds: dict[Future[tuple[str, bool, float]], list[str]]) -> None:
         for fut in [f for f in builds if f.done()]:
             cids = builds.pop(fut)
             try:
-                tag, built = fut.result()
+                tag, built, check = fut.result()
+                self.image_check_seconds = max(self.image_check_seconds, check)
             except images.BuildFailed as exc:
                 log = self.opt.out / "images" / f"{self.specs[cids[0]].tag.split(':')[-1]}.log"
                 what = "" if isinstance(exc, images.SetupFailed) else "image build failed: "

@@ -91,7 +91,11 @@ def write_results_json(results: RunResults, path: Path, name: str, status: str, 
         "exit_code": int(code),
         "duration": round(results.duration, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "images": {"built": results.images_built, "reused": results.images_reused},
+        "images": {
+            "built": results.images_built,
+            "reused": results.images_reused,
+            "check_seconds": round(results.image_check_seconds, 3),
+        },
         "cells": [cell_record(c) for c in results.cells],
     }
     tmp = path.with_suffix(".json.tmp")
