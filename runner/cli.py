@@ -207,9 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary.write_results_json(results, out / "results.json", mf.name, status, code)
     summary.write_summary_md(results, out / "summary.md", mf.name, status)
     summary.write_report_html(results, out / "report.html", mf.name, status)
-    for cell in ran.cells:
-        history.record(planned.scope, cell.cell_id, summary.measured_durations(cell))
-        cache.remember(history, planned.scope, keys[cell.cell_id], cell)
+    for finished in ran.cells:
+        history.record(planned.scope, finished.cell_id, summary.measured_durations(finished))
+        cache.remember(history, planned.scope, keys[finished.cell_id], finished)
     history.close()
     summary.print_table(results, status)
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")

@@ -287,6 +287,9 @@ class Coordinator:
         state, select, avoid_node = entry[3], entry[4], entry[5]
         cell = state.cell
         shard = state.shard
+        files: tuple[str, ...]
+        only: tuple[str, ...]
+        skip: tuple[str, ...]
         if select:  # a rerun of named tests: just their files, just those ids
             files, complement, only, skip = tuple(sorted({n.split("::", 1)[0] for n in select})), False, select, ()
         elif shard.index == 1:  # the first shard takes every file no other shard names: nothing can fall between

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 
 class View(Protocol):
@@ -87,7 +87,7 @@ class LiveView:
         self.console = Console()
         self.state = _State()
         self.lock = threading.Lock()
-        self.live = None
+        self.live: Any = None
 
     def _render(self):  # type: ignore[no-untyped-def]
         from rich.table import Table

@@ -67,7 +67,7 @@ def pytest_unconfigure(config):
         _stream = None
 
 
-_selection = {}
+_selection = {}  # type: dict
 
 
 def _shard_files(config):
