@@ -375,7 +375,9 @@ class Coordinator:
         state.ended = time.monotonic()
         cell_id = state.cell.id
         tests = fold(a for s in [state] for a in s.attempts)
-        genuine = any(h.status is Status.FAILED for h in tests.values())
+        # a genuine failure: a test failed, errored or timed out on every attempt, or pytest itself could not run
+        # the shard; flaky tests and a broken environment (infra) are not
+        genuine = any(h.status in BAD for h in tests.values()) or att.kind == "error"
         self.view.shard(
             cell_id,
             state.shard.slug,
