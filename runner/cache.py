@@ -31,6 +31,7 @@ def key_for(
             "install_project": mf.tests.install_project,
             "env": sorted(env),
             "network": mf.tests.network,
+            "resources": [cell.resources.cpus, cell.resources.memory, cell.resources.gpus],
             "recipe": images.RECIPE_VERSION,
         }
     )

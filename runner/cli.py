@@ -19,6 +19,7 @@ from pathlib import Path
 from runner import __version__, config, matrix, plan, source
 from runner.errors import ExitCode, UserError
 from runner.history import History
+from runner.results import Status
 
 OWNED_OUTPUTS = ("junit.xml", "results.json", "summary.md", "report.html", "shards", "logs", "images")
 
@@ -208,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary.write_summary_md(results, out / "summary.md", mf.name, status)
     summary.write_report_html(results, out / "report.html", mf.name, status)
     for finished in ran.cells:
-        history.record(planned.scope, finished.cell_id, summary.measured_durations(finished))
+        whole = finished.status not in (Status.CANCELLED, Status.INFRA, Status.TIMEOUT)
+        history.record(planned.scope, finished.cell_id, summary.measured_durations(finished), complete=whole)
         cache.remember(history, planned.scope, keys[finished.cell_id], finished)
     history.close()
     summary.print_table(results, status)

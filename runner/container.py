@@ -46,6 +46,7 @@ class ShardRequest:
     roots: tuple[str, ...] = ()  # what pytest is pointed at (tests.paths); empty = the project's own testpaths
     only: tuple[str, ...] = ()  # node ids restricting the files they belong to (a rerun, a split file)
     skip: tuple[str, ...] = ()  # node ids left to other shards
+    rerun: bool = False  # ``only`` names tests to run again (a vanished id falls back to its function)
     timeout: float = 1800.0
     resources: Resources = field(default_factory=Resources)
     env: tuple[tuple[str, str], ...] = ()
@@ -199,7 +200,8 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
             )
         )
         if req.only or req.skip:
-            (work / "out" / "select.json").write_text(json.dumps({"only": list(req.only), "skip": list(req.skip)}))
+            select = {"only": list(req.only), "skip": list(req.skip), "fallback": req.rerun}
+            (work / "out" / "select.json").write_text(json.dumps(select))
         files = {"exclude" if req.complement else "include": list(req.files)}
         (work / "out" / "files.json").write_text(json.dumps(files))
         _remove_stale(client, req)

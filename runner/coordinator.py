@@ -307,6 +307,7 @@ class Coordinator:
             complement=complement,
             only=only,
             skip=skip,
+            rerun=bool(select),
             roots=self.mf.tests.paths,
             timeout=self.mf.tests.timeout,
             resources=cell.resources,

@@ -38,9 +38,18 @@ class History:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        # switching a new file to WAL fails at once ("database is locked") while another process is doing the
+        # same, whatever the busy timeout: try again for a while
+        for attempt in range(200):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -71,13 +80,30 @@ class History:
             out.setdefault(file, {})[nodeid] = float(seconds)
         return out
 
-    def record(self, scope: str, cell: str, measured: Iterable[tuple[str, float]]) -> int:
-        """Fold (node id, seconds) measurements of one cell into the store. Returns the number of rows."""
+    def record(self, scope: str, cell: str, measured: Iterable[tuple[str, float]], complete: bool = True) -> int:
+        """Fold (node id, seconds) measurements of one cell into the store. Returns the number of rows.
+
+        ``complete``: the measurements cover whole files, so a node id of those files that was not measured
+        (a test renamed or removed, a parameter id holding the time) is forgotten now rather than inflating its
+        file for ``MAX_AGE_DAYS``.
+        """
         now = time.time()
         rows = [(scope, cell, nodeid, nodeid.split("::", 1)[0], seconds, now) for nodeid, seconds in measured]
         if not rows:
             return 0
         with self._write() as db:
+            if complete:
+                files = sorted({r[3] for r in rows})
+                measured_ids = {r[2] for r in rows}
+                for i in range(0, len(files), 500):
+                    chunk = files[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    stale = db.execute(
+                        f"SELECT nodeid FROM durations WHERE scope = ? AND cell = ? AND file IN ({marks})",
+                        (scope, cell, *chunk),
+                    ).fetchall()
+                    gone = [(scope, cell, n) for (n,) in stale if n not in measured_ids]
+                    db.executemany("DELETE FROM durations WHERE scope = ? AND cell = ? AND nodeid = ?", gone)
             db.executemany(
                 "INSERT INTO durations (scope, cell, nodeid, file, seconds, updated) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (scope, cell, nodeid) DO UPDATE SET "

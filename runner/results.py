@@ -251,8 +251,25 @@ class TestHistory:
         return [c for c in (self.first, *self.reruns) if c.status in BAD]
 
 
+def not_run_case(nodeid: str, att: Attempt) -> Case:
+    """A test its shard collected but no attempt ran to its end (the shard broke off, the rerun budget is spent)."""
+    classname, name = junit_names(nodeid)
+    status = Status.TIMEOUT if att.kind == "timeout" else Status.ERROR
+    message = f"not run: {att.shard} attempt {att.attempt} ended before this test did ({att.kind}: {att.reason})"
+    el = ET.Element("testcase", {"classname": classname, "name": name, "time": "0.000"})
+    err = ET.SubElement(el, "error", {"message": message})
+    err.text = "matrix-run: no attempt of this test ran to its end and its shard has no rerun left"
+    # no node id: a test that never ran has no duration for the history
+    return Case(classname, name, status, 0.0, el, None, message, err.text)
+
+
 def fold(attempts: Iterable[Attempt]) -> dict[tuple[str, str], TestHistory]:
-    """Attempts of one cell, in order -> one history per test (each test exactly once)."""
+    """Attempts of one cell, in order -> one history per test (each test exactly once).
+
+    A test collected by an attempt that broke off (timeout, infra) and finished by no attempt is still reported,
+    as not run: a shard that lost its container must not make its remaining tests vanish from the reports.
+    """
+    attempts = list(attempts)
     tests: dict[tuple[str, str], TestHistory] = {}
     for att in attempts:
         for case in att.cases:
@@ -261,6 +278,14 @@ def fold(attempts: Iterable[Attempt]) -> dict[tuple[str, str], TestHistory]:
                 tests[case.key] = TestHistory(case)
             else:
                 hist.reruns.append(case)
+    seen = {c.nodeid for att in attempts for c in att.cases if c.nodeid}
+    for att in attempts:
+        if att.kind not in ("timeout", "infra"):
+            continue
+        for nodeid in att.collected:
+            if nodeid not in seen and junit_names(nodeid) not in tests:
+                case = not_run_case(nodeid, att)
+                tests[case.key] = TestHistory(case)
     return tests
 
 

@@ -9,10 +9,10 @@
   project's own roots with its own rules (``collect_ignore`` in conftest files, ``norecursedirs``, ...): a file
   that a conftest ignores stays ignored, exactly as in a direct run. The exclude form lets one shard take every
   file that no other shard named, so no test can fall between shards.
-- ``--matrix-run-select FILE`` (JSON ``{"only": [...], "skip": [...]}`` of node ids): a file with ids in
-  ``only`` runs just those (a rerun, or a part of a file split across shards); ids in ``skip`` do not run (they
-  belong to another part). An id that no longer exists (e.g. a parameter id holding the current time) falls back
-  to every parametrization of its function.
+- ``--matrix-run-select FILE`` (JSON ``{"only": [...], "skip": [...], "fallback": bool}`` of node ids): a file
+  with ids in ``only`` runs just those (a rerun, or a part of a file split across shards); ids in ``skip`` do not
+  run (they belong to another part). In a rerun (``fallback``), an id that no longer exists (e.g. a parameter id
+  holding the current time) falls back to every parametrization of its function.
 """
 
 import json
@@ -122,8 +122,9 @@ def pytest_collection_modifyitems(session, config, items):
             spec = json.load(fh)
         only, skip = set(spec.get("only", [])), set(spec.get("skip", []))
         present = {item.nodeid for item in items}
-        # an id that no longer exists (a parameter id holding the time, say) falls back to its whole function
-        missing_bases = {_base(n) for n in only if n not in present}
+        # a rerun of an id that no longer exists (a parameter id holding the time, say) falls back to its whole
+        # function; a part of a split file does not (the file's last part runs whatever no part names)
+        missing_bases = {_base(n) for n in only if n not in present} if spec.get("fallback") else set()
         restricted = {_file_of(n) for n in only}
         keep, drop = [], []
         for item in items:
