@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +69,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     }
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # ray.init replaces the SIGTERM handler (with sys.exit), and its core worker a C-level one: keep the caller's,
+    # so SIGTERM stops the run the way Ctrl-C does (containers removed, partial reports, exit 2)
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         if address:
             import runner
@@ -81,6 +87,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
             f"Ray cluster not reachable at {where}: {str(exc).splitlines()[0][:160]}; "
             "check --address / RAY_ADDRESS, or omit it to run on an embedded local Ray"
         ) from None
+    finally:
+        if main_thread and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     if _remote_task is None:
         _remote_task = ray.remote(execute_shard)
         _remote_cleanup = ray.remote(cleanup_node)

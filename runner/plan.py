@@ -25,6 +25,7 @@ from runner.source import SourceTree
 
 DEFAULT_PYTHON_FILES = ("test_*.py", "*_test.py")
 DEFAULT_NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}")
+MIN_PIECE_SECONDS = 0.01
 TEST_DEF = re.compile(rb"^\s*(?:async\s+)?def\s+test|^\s*>>>", re.MULTILINE)
 
 
@@ -252,7 +253,9 @@ def layout_lpt(
     target = total / shards if shards > 1 else 0.0
     pieces = split_pieces(files, tests or {}, target)
     count = max(1, min(shards, len(pieces)))
-    buckets, loads = _lpt([(p.weight, f"{p.file}\0{p.only[:1]}") for p in pieces], count)
+    # a floor per piece: fast tests are measured at 0.000 s, and LPT over zero weights would pile every file
+    # onto one shard (importing and collecting a file costs something anyway)
+    buckets, loads = _lpt([(max(p.weight, MIN_PIECE_SECONDS), f"{p.file}\0{p.only[:1]}") for p in pieces], count)
     out = []
     for i, bucket in enumerate(buckets):
         by_file: dict[str, list[Piece]] = {}

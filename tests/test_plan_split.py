@@ -474,3 +474,12 @@ def test_split_plan_with_ties_everywhere_is_stable() -> None:
 )
 def test_auto_shards(predicted: float, target: float, slots: int, expected: int) -> None:
     assert plan.auto_shards(predicted, target, slots) == expected
+
+
+def test_files_measured_at_zero_seconds_still_spread_over_all_shards() -> None:
+    # fast suites: pytest records 0.000 s for every test; the shards must not pile every file onto one
+    files = [plan.TestFile(f"tests/test_{i}.py", 0.0) for i in range(6)]
+
+    shards = plan.plan_lpt(CELL, files, 3)
+
+    assert [len(s.files) for s in shards] == [2, 2, 2]
