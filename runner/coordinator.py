@@ -138,8 +138,8 @@ class Coordinator:
                 self._collect_builds(builds)
                 if not self.cancelled:
                     self._submit_what_fits(tarball)
-                if not self.inflight and not self.queue and not builds:
-                    break
+                if not self.inflight and (self.cancelled or (not self.queue and not builds)):
+                    break  # all done, or fail-fast struck: what is queued or still building is cancelled
                 for ref, outcome, error in cluster.completed(list(self.inflight), timeout=0.2):
                     self._handle(ref, outcome, error)
                     if self.interrupted.is_set():
@@ -169,9 +169,10 @@ class Coordinator:
             for state, _, _ in self.inflight.values():
                 state.cancelled = True
             self.inflight.clear()
-        for entry in self.queue:
-            entry[3].cancelled = True
         self.queue.clear()
+        for states in self.states.values():  # queued, or waiting for an image that never came
+            for state in states:
+                state.cancelled = state.cancelled or not state.done
         try:
             removed = cluster.cleanup_all_nodes(self.opt.run_id)
         except Exception:  # Ray already down: clean the local engine at least
@@ -236,7 +237,10 @@ class Coordinator:
                 self.image_tags[cid] = tag
                 self.view.image(cid, "built" if built else "cached", tag)
                 for state in self.states[cid]:
-                    self._enqueue(state, ())
+                    if self.cancelled:  # fail-fast struck while this image was being built
+                        state.cancelled = True
+                    else:
+                        self._enqueue(state, ())
 
     # ------------------------------------------------------------------------------------------------ shards
 
