@@ -286,18 +286,26 @@ def _remove(container) -> None:  # type: ignore[no-untyped-def]
 
 
 def remove_run_containers(run_id: str) -> int:
-    """Stop and remove every container of a run on this node's engine (found by label). Returns the count."""
+    """Stop and remove every container of a run on this node's engine (found by label). Returns the count.
+
+    Also removes the run's attempt folders left on this node by a shard whose Ray worker died before its own
+    cleanup (node lost, task force-cancelled by Ctrl-C or fail-fast).
+    """
     import docker.errors
 
+    removed = 0
     try:
         client = engine.connect(timeout=30)
     except Exception:
-        return 0
-    removed = 0
-    for c in client.containers.list(all=True, filters={"label": f"{engine.LABEL_RUN}={run_id}"}):
-        try:
-            c.remove(force=True)
-            removed += 1
-        except docker.errors.APIError:
-            pass
+        client = None
+    if client is not None:
+        for c in client.containers.list(all=True, filters={"label": f"{engine.LABEL_RUN}={run_id}"}):
+            try:
+                c.remove(force=True)
+                removed += 1
+            except docker.errors.APIError:
+                pass
+    for work in Path(tempfile.gettempdir()).glob(f"matrix-run-{run_id}-*"):
+        if work.is_dir() and not work.is_symlink():
+            shutil.rmtree(work, ignore_errors=True)
     return removed
