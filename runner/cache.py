@@ -29,7 +29,7 @@ def key_for(
             "command": list(cell.command),
             "paths": list(mf.tests.paths),
             "install_project": mf.tests.install_project,
-            "env": sorted(env),
+            "env": sorted({**dict(cell.env), **dict(env)}.items()),
             "network": mf.tests.network,
             "resources": [cell.resources.cpus, cell.resources.memory, cell.resources.gpus],
             "recipe": images.RECIPE_VERSION,

@@ -109,7 +109,8 @@ def print_plan(planned: Planned) -> None:
 
 
 def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    env = dict(mf.tests.env)
+    """Host variables for the containers: tests.pass-env and --env (tests.env is per cell, see Cell.env)."""
+    env: dict[str, str] = {}
     for name in mf.tests.pass_env:
         if name in os.environ:
             env[name] = os.environ[name]

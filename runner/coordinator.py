@@ -315,7 +315,7 @@ class Coordinator:
             roots=self.mf.tests.paths,
             timeout=self.mf.tests.timeout,
             resources=cell.resources,
-            env=self.opt.env,
+            env=tuple({**dict(cell.env), **dict(self.opt.env)}.items()),
             network=self.mf.tests.network,
             install_project=self.mf.tests.install_project,
             source_digest=self.tree.digest,

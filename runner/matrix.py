@@ -39,6 +39,7 @@ class Cell:
     build_args: tuple[tuple[str, str], ...]
     command: tuple[str, ...]
     resources: Resources
+    env: tuple[tuple[str, str], ...] = ()  # tests.env, rendered for this cell
 
     @property
     def axes(self) -> dict[str, str]:
@@ -127,6 +128,7 @@ def build_cell(mf: MatrixFile, values: dict[str, str], cid: str) -> Cell:
         build_args=tuple((k, _render(mf, f"image.build-args.{k}", v, values, cid)) for k, v in img.build_args),
         command=tuple(_render(mf, f"tests.command[{i}]", s, values, cid) for i, s in enumerate(tests.command))
         + tuple(_render(mf, f"tests.args[{i}]", s, values, cid) for i, s in enumerate(tests.args)),
+        env=tuple((k, _render(mf, f"tests.env.{k}", v, values, cid)) for k, v in tests.env),
         resources=Resources(
             cpus=_number(mf, "resources.cpus", _render(mf, "resources.cpus", res.cpus, values, cid)),
             memory=memory,

@@ -68,6 +68,7 @@ def cell_record(cell: CellResult) -> dict[str, object]:
                 "duration": round(a.outcome.duration, 3),
                 "wall": round(a.wall, 3),
                 "node": a.outcome.node,
+                "node_id": a.outcome.node_id,
                 "gpu_ids": list(a.outcome.gpu_ids),
                 "exit_code": a.outcome.exit_code,
             }

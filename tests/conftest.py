@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = ROOT / "tests" / "projects"
 BASE = "matrix-run/debian:bookworm"
+RAY = Path(sys.executable).parent / "ray"
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +66,97 @@ def results(out: Path) -> dict:  # type: ignore[type-arg]
 
 def containers_of(client, run_id: str) -> list:  # type: ignore[no-untyped-def,type-arg]
     return client.containers.list(all=True, filters={"label": f"matrix-run.run={run_id}"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwoNodeRay:
+    """A head and a worker node started with `ray start` on this machine, each with 1 CPU and its own temp dir.
+
+    Both nodes share this machine's Docker engine. Ray's token authentication (on by default for new clusters in
+    this Ray) is turned off with RAY_AUTH_MODE=disabled: a second `ray start --address` on the same machine is
+    otherwise refused with InvalidAuthToken. Teardown kills only the processes of these two nodes (found by their
+    temp dirs) instead of `ray stop --force`, which would also stop any other Ray on the machine.
+    """
+
+    def __init__(self, head: tuple[str, ...] = ("--num-cpus=1",), worker: tuple[str, ...] = ("--num-cpus=1",)) -> None:
+        self.head_args, self.worker_args = head, worker
+        # short: Ray's unix socket paths under the temp dir must stay below 108 bytes
+        self.root = Path(tempfile.mkdtemp(prefix="mrr-", dir="/tmp"))
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def _ports(self) -> list[str]:
+        return [
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+        ]
+
+    def _start(self, *args: str) -> None:
+        proc = subprocess.run(
+            [str(RAY), "start", *args, *self._ports()],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def start(self) -> None:
+        self._start(
+            "--head",
+            f"--port={self.port}",
+            *self.head_args,
+            f"--temp-dir={self.root / 'head'}",
+            "--include-dashboard=false",
+            f"--dashboard-port={_free_port()}",
+        )
+        self._start(f"--address={self.address}", *self.worker_args, f"--temp-dir={self.root / 'worker'}")
+
+    def processes(self, node: str) -> list[psutil.Process]:
+        """The node's processes (found by its temp dir) and all their descendants (Ray workers)."""
+        marker = str(self.root / node)
+        roots = []
+        for p in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(marker in a for a in p.info["cmdline"] or []):
+                    roots.append(p)
+        found = {p.pid: p for p in roots}
+        for p in roots:
+            with contextlib.suppress(psutil.Error):
+                found.update({c.pid: c for c in p.children(recursive=True)})
+        return list(found.values())
+
+    def shard_task_on(self, node: str) -> bool:
+        """Whether a Ray worker of ``node`` is executing a shard task now."""
+        for p in self.processes(node):
+            with contextlib.suppress(psutil.Error):
+                title = " ".join(p.cmdline())  # a busy Ray worker is titled "ray::TASK NAME" (CELL/SHARD/attempt-N)
+                if title.startswith("ray::") and ("/shard-" in title or "execute_shard" in title):
+                    return True
+        return False
+
+    def kill(self, node: str) -> int:
+        """SIGKILL the node: its raylet, agents and workers at once, as when the machine is lost."""
+        procs = self.processes(node)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=10)
+        return len(procs)
+
+    def stop(self) -> None:
+        for node in ("worker", "head"):
+            self.kill(node)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -13,9 +13,7 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +23,15 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
-from tests.conftest import PROJECTS, ROOT, containers_of, results, run_cli, write_matrix
+from tests.conftest import PROJECTS, ROOT, TwoNodeRay, containers_of, results, run_cli, write_matrix
 
 pytestmark = [pytest.mark.docker, pytest.mark.ray, pytest.mark.slow]
 
 FAULTY = PROJECTS / "faulty"
 CELL = "debian-bookworm"
-RAY = Path(sys.executable).parent / "ray"
 TOTAL = 27  # test cases of the faulty project (3 of them skipped unless FAULTY_SECURITY=1)
 SKIPPED = 3
 
@@ -211,12 +207,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------------ 1. flaky
@@ -428,95 +418,8 @@ def test_the_oom_killer_is_infra_and_the_shard_completes_on_rerun(tmp_path, dock
 # ------------------------------------------------------------------------------------------------ 5. Ray node lost
 
 
-class _TwoNodeRay:
-    """A head and a worker node started with `ray start` on this machine, each with 1 CPU and its own temp dir.
-
-    Both nodes share this machine's Docker engine. Ray's token authentication (on by default for new clusters in
-    this Ray) is turned off with RAY_AUTH_MODE=disabled: a second `ray start --address` on the same machine is
-    otherwise refused with InvalidAuthToken. Teardown kills only the processes of these two nodes (found by their
-    temp dirs) instead of `ray stop --force`, which would also stop any other Ray on the machine.
-    """
-
-    def __init__(self) -> None:
-        # short: Ray's unix socket paths under the temp dir must stay below 108 bytes
-        self.root = Path(tempfile.mkdtemp(prefix="mrr-", dir="/tmp"))
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-    def _ports(self) -> list[str]:
-        return [
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-            "--disable-usage-stats",
-        ]
-
-    def _start(self, *args: str) -> None:
-        proc = subprocess.run(
-            [str(RAY), "start", *args, *self._ports()],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    def start(self) -> None:
-        self._start(
-            "--head",
-            f"--port={self.port}",
-            "--num-cpus=1",
-            f"--temp-dir={self.root / 'head'}",
-            "--include-dashboard=false",
-            f"--dashboard-port={_free_port()}",
-        )
-        self._start(f"--address={self.address}", "--num-cpus=1", f"--temp-dir={self.root / 'worker'}")
-
-    def processes(self, node: str) -> list[psutil.Process]:
-        """The node's processes (found by its temp dir) and all their descendants (Ray workers)."""
-        marker = str(self.root / node)
-        roots = []
-        for p in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if any(marker in a for a in p.info["cmdline"] or []):
-                    roots.append(p)
-        found = {p.pid: p for p in roots}
-        for p in roots:
-            with contextlib.suppress(psutil.Error):
-                found.update({c.pid: c for c in p.children(recursive=True)})
-        return list(found.values())
-
-    def shard_task_on(self, node: str) -> bool:
-        """Whether a Ray worker of ``node`` is executing a shard task now."""
-        for p in self.processes(node):
-            with contextlib.suppress(psutil.Error):
-                title = " ".join(p.cmdline())  # a busy Ray worker is titled "ray::TASK NAME" (CELL/SHARD/attempt-N)
-                if title.startswith("ray::") and ("/shard-" in title or "execute_shard" in title):
-                    return True
-        return False
-
-    def kill(self, node: str) -> int:
-        """SIGKILL the node: its raylet, agents and workers at once, as when the machine is lost."""
-        procs = self.processes(node)
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(procs, timeout=10)
-        return len(procs)
-
-    def stop(self) -> None:
-        for node in ("worker", "head"):
-            self.kill(node)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 def test_a_lost_ray_node_loses_no_test_and_leaves_no_container(tmp_path, docker_client):
-    ray_cluster = _TwoNodeRay()
+    ray_cluster = TwoNodeRay()
     try:
         ray_cluster.start()
         name = f"node{uuid.uuid4().hex[:6]}"

@@ -116,3 +116,43 @@ def test_no_test_files_exit_5(tmp_path):
     assert proc.returncode == 5
     assert proc.stderr.count("\n") == 1
     assert "no test files found" in proc.stderr
+
+
+def test_fail_fast_cancels_the_rest_of_the_matrix(tmp_path, docker_client):
+    """GitHub Actions' fail-fast: the first genuine failure cancels queued and running shards of other cells."""
+    matrix = write_matrix(
+        tmp_path,
+        PROJECTS / "faulty",
+        matrix={
+            "debian": ["bookworm"],
+            "kind": ["fails", "slow"],
+            "include": [{"kind": "fails", "fail": "1", "slow": "0"}, {"kind": "slow", "fail": "0", "slow": "120"}],
+        },
+        tests={"shards": 1, "timeout": 300, "env": {"FAULTY_FAIL": "{fail}", "FAULTY_SLOW": "{slow}"}},
+        strategy={"fail-fast": True, "max-parallel": 0},
+    )
+    out = tmp_path / "out"
+    proc = run_cli("run", str(matrix), "--out", str(out), "--plain", "--history", str(tmp_path / "h.sqlite"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    res = results(out)
+    cells = {c["axes"]["kind"]: c for c in res["cells"]}
+    assert cells["fails"]["status"] == "failed"
+    assert cells["fails"]["failed_tests"] == ["tests.test_flaky::test_always_fails"]
+    assert cells["slow"]["status"] == "cancelled"
+    assert cells["slow"]["reason"] == "cancelled by fail-fast"
+    assert "fail-fast" in proc.stdout
+    assert not containers_of(docker_client, res["run_id"])
+
+
+def test_max_parallel_one_runs_shards_one_at_a_time(tmp_path, docker_client):
+    matrix = write_matrix(tmp_path, PROJECTS / "tiny", tests={"shards": 3, "timeout": 300})
+    out = tmp_path / "out"
+    proc = run_cli("run", str(matrix), "--out", str(out), "--plain", "--max-parallel", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    running = 0
+    for line in proc.stdout.splitlines():  # the plain log: a shard starts only after the previous one ended
+        if line.endswith(": running"):
+            running += 1
+            assert running == 1, proc.stdout
+        elif " attempt " in line and ("done" in line or "failed" in line):
+            running -= 1
