@@ -6,11 +6,13 @@ This is the only place that prints user errors and picks exit codes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.coordinator import Coordinator, RunOptions, RunResults
     from runner.progress import make_view
 
+    if not args.dry_run:
+        # importing Ray takes about 2 s: do it while the matrix is planned and the images are checked
+        threading.Thread(target=importlib.import_module, args=("ray",), daemon=True).start()
     history = _history(args)
     mf0 = config.load(args.matrix)
     planned = plan_run(args.matrix, args.select, args.shards, history, _slots(args, mf0))
