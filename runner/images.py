@@ -419,7 +419,6 @@ def ensure_source_layer(
     Built once per (cell image, source snapshot) and node; every shard of the cell starts from it, so shards pay
     for neither unpacking nor installing, and an unchanged tree reuses the layer of the previous run.
     """
-    import docker.errors
 
     from runner import source
 
@@ -430,7 +429,7 @@ def ensure_source_layer(
         if local_image_id(client, tag):
             return tag, False
         tar_path = source.node_copy(tarball, source_digest)
-        container = _create(
+        code, tail = _run_and_commit(
             client,
             env_tag,
             ["python", "/mr/side/prepare.py", "/mr/source.tar", SOURCE_DIR, "1" if install_project else "0"],
@@ -440,31 +439,19 @@ def ensure_source_layer(
             },
             {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore", "HOME": "/tmp"},
             labels or {},
+            tag,
+            [
+                f"WORKDIR {SOURCE_DIR}",
+                f"LABEL {engine.LABEL_ROLE}=source",
+                f"LABEL matrix-run.env={env_tag}",
+                f"LABEL matrix-run.source={source_digest}",
+            ],
+            log,
         )
-        try:
-            container.start()
-            code = int(container.wait().get("StatusCode", 1))
-            text = container.logs().decode("utf-8", "replace")
-            _write_log(log, text)
-            if code != 0:
-                tail = "\n".join(text.splitlines()[-25:])
-                if code == SETUP_FAILED:
-                    raise SetupFailed("the project could not be installed in the cell image", tail)
-                raise BuildFailed(f"preparing the project source failed (exit {code})", tail)
-            container.commit(
-                repository=SOURCE_REPO,
-                tag=tag.split(":")[1],
-                changes=[
-                    f"WORKDIR {SOURCE_DIR}",
-                    f"LABEL {engine.LABEL_ROLE}=source",
-                    f'LABEL {engine.LABEL_RUN}=""',
-                    f"LABEL matrix-run.env={env_tag}",
-                    f"LABEL matrix-run.source={source_digest}",
-                ],
-            )
-        finally:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+        if code == SETUP_FAILED:
+            raise SetupFailed("the project could not be installed in the cell image", tail)
+        if code != 0:
+            raise BuildFailed(f"preparing the project source failed (exit {code})", tail)
         _prune_source_layers(client, env_tag, keep=tag)
         return tag, True
 
@@ -485,7 +472,6 @@ def _prune_source_layers(client: docker.DockerClient, env_tag: str, keep: str) -
 def _provision(
     client: docker.DockerClient, spec: ImageSpec, base: str, tag: str, log: Path | None, labels: dict[str, str]
 ) -> None:
-    import docker.errors
 
     with tempfile.TemporaryDirectory(prefix="matrix-run-provision-") as tmp:
         work = Path(tmp)
@@ -506,36 +492,51 @@ def _provision(
         if spec.wheelhouse and Path(spec.wheelhouse).is_dir():
             volumes[spec.wheelhouse] = {"bind": "/mr/wheels", "mode": "ro"}
             environment["PIP_FIND_LINKS"] = "/mr/wheels"
-        container = _create(
+        code, tail = _run_and_commit(
             client,
             base,
             ["python3", "/mr/side/provision.py", "/mr/in/provision.json"],
             volumes,
             environment,
             labels,
+            tag,
+            [f"ENV {PATH_ENV}", f"ENV VIRTUAL_ENV={VENV}", f"LABEL {engine.LABEL_ROLE}=env"],
+            log,
         )
-        try:
-            container.start()
-            result = container.wait()
-            text = container.logs().decode("utf-8", "replace")
-            _write_log(log, text)
-            code = int(result.get("StatusCode", 1))
-            if code != 0:
-                tail = "\n".join(text.splitlines()[-20:])
-                raise BuildFailed(f"installing the cell's dependencies failed (exit {code})", tail)
-            container.commit(
-                repository=tag.split(":", maxsplit=1)[0],
-                tag=tag.split(":")[1],
-                changes=[
-                    f"ENV {PATH_ENV}",
-                    f"ENV VIRTUAL_ENV={VENV}",
-                    f"LABEL {engine.LABEL_ROLE}=env",
-                    f'LABEL {engine.LABEL_RUN}=""',
-                ],
-            )
-        finally:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+        if code != 0:
+            raise BuildFailed(f"installing the cell's dependencies failed (exit {code})", tail)
+
+
+def _run_and_commit(
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    volumes: dict[str, dict[str, str]],
+    env: dict[str, str],
+    labels: dict[str, str],
+    tag: str,
+    changes: list[str],
+    log: Path | None,
+) -> tuple[int, str]:
+    """Run one build step in a container of ``image``; on success commit it as ``tag``. (exit code, log tail).
+
+    The container is removed on every path; the committed image does not keep the run's label.
+    """
+    import docker.errors
+
+    container = _create(client, image, command, volumes, env, labels)
+    try:
+        container.start()
+        code = int(container.wait().get("StatusCode", 1))
+        text = container.logs().decode("utf-8", "replace")
+        _write_log(log, text)
+        if code == 0:
+            repository, _, name = tag.partition(":")
+            container.commit(repository=repository, tag=name, changes=[*changes, f'LABEL {engine.LABEL_RUN}=""'])
+        return code, "\n".join(text.splitlines()[-25:])
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
 
 
 @engine.api_call

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from runner import config, engine, images, matrix, source
@@ -30,12 +31,9 @@ DIRECT = (
 )
 
 
-def count_junit(data: bytes) -> Counter[str]:
-    """passed/failed/error/skipped counts from <testcase> elements."""
+def _count(cases: Iterable[ET.Element]) -> Counter[str]:
     counts: Counter[str] = Counter()
-    if not data.strip():
-        return counts
-    for tc in ET.fromstring(data).iter("testcase"):
+    for tc in cases:
         tags = {c.tag for c in tc}
         if "failure" in tags:
             counts["failed"] += 1
@@ -46,6 +44,11 @@ def count_junit(data: bytes) -> Counter[str]:
         else:
             counts["passed"] += 1
     return counts
+
+
+def count_junit(data: bytes) -> Counter[str]:
+    """passed/failed/error/skipped counts from <testcase> elements."""
+    return _count(ET.fromstring(data).iter("testcase")) if data.strip() else Counter()
 
 
 def direct_counts(matrix_path: str, select: list[str]) -> dict[str, Counter[str]]:
@@ -85,18 +88,7 @@ def matrix_run_counts(out_dir: Path) -> dict[str, Counter[str]]:
     root = ET.parse(out_dir / "junit.xml").getroot()
     result: dict[str, Counter[str]] = {}
     for suite in root.iter("testsuite"):
-        counts: Counter[str] = Counter()
-        for tc in suite.iter("testcase"):
-            tags = {c.tag for c in tc}
-            if "failure" in tags:
-                counts["failed"] += 1
-            elif "error" in tags:
-                counts["error"] += 1
-            elif "skipped" in tags:
-                counts["skipped"] += 1
-            else:
-                counts["passed"] += 1
-        result[suite.get("name", "")] = counts
+        result[suite.get("name", "")] = _count(suite.iter("testcase"))
     return result
 
 
