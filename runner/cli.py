@@ -89,7 +89,7 @@ def plan_run(
         if count == "auto":
             count = plan.auto_shards(sum(e.weight for e in estimates), target, slots)
         if tests:
-            layout = plan.layout_lpt(estimates, int(count), tests)
+            layout = plan.layout_lpt(estimates, int(count), tests if mf.tests.split_files else None)
         else:
             layout = unmeasured_layouts.get(int(count)) or plan.layout_lpt(estimates, int(count))
             unmeasured_layouts[int(count)] = layout

@@ -46,6 +46,7 @@ class TestsConfig:
     paths: tuple[str, ...] = ()
     shards: int | str = 1  # an int >= 1 or "auto"
     shard_target: float = 60.0  # seconds a shard should take, for shards: auto
+    split_files: bool = True  # cut a file longer than a fair shard into contiguous runs of tests
     timeout: float = 1800.0
     install_project: bool = True
     env: tuple[tuple[str, str], ...] = ()
@@ -290,6 +291,7 @@ TESTS_KEYS = (
     "paths",
     "shards",
     "shard-target",
+    "split-files",
     "timeout",
     "install-project",
     "env",
@@ -373,6 +375,7 @@ def load(path: str | Path) -> MatrixFile:
         paths=_str_list(doc, "tests.paths", t.get("paths", [])),
         shards=shards,
         shard_target=_positive(doc, "tests.shard-target", t.get("shard-target", 60)),
+        split_files=_bool(doc, "tests.split-files", t.get("split-files", True)),
         timeout=_positive(doc, "tests.timeout", timeout),
         install_project=_bool(doc, "tests.install-project", t.get("install-project", True)),
         env=_str_map(doc, "tests.env", t.get("env", {})),

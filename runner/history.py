@@ -23,7 +23,7 @@ WEIGHT_NEW = 0.7  # exponential moving average: how much the newest measurement 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS durations (
     scope TEXT NOT NULL, cell TEXT NOT NULL, nodeid TEXT NOT NULL, file TEXT NOT NULL,
-    seconds REAL NOT NULL, updated REAL NOT NULL,
+    seconds REAL NOT NULL, updated REAL NOT NULL, pos INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, cell, nodeid)
 );
 CREATE INDEX IF NOT EXISTS durations_by_cell ON durations (scope, cell);
@@ -44,6 +44,9 @@ class History:
             try:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.executescript(SCHEMA)
+                columns = {row[1] for row in self.db.execute("PRAGMA table_info(durations)")}
+                if "pos" not in columns:  # a store written before positions were kept
+                    self.db.execute("ALTER TABLE durations ADD COLUMN pos INTEGER NOT NULL DEFAULT 0")
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == 199:
@@ -67,20 +70,30 @@ class History:
     # ------------------------------------------------------------------------------------------------ durations
 
     def tests(self, scope: str, cell: str) -> dict[str, dict[str, float]]:
-        """file -> {node id -> seconds} for one cell; a cell never measured borrows the mean of its siblings."""
+        """file -> {node id -> seconds} for one cell, each file's tests in pytest's order; a cell never measured
+        borrows the mean of its siblings."""
         rows = self.db.execute(
-            "SELECT file, nodeid, seconds FROM durations WHERE scope = ? AND cell = ?", (scope, cell)
+            "SELECT file, nodeid, seconds FROM durations WHERE scope = ? AND cell = ? ORDER BY file, pos, nodeid",
+            (scope, cell),
         ).fetchall()
         if not rows:
             rows = self.db.execute(
-                "SELECT file, nodeid, AVG(seconds) FROM durations WHERE scope = ? GROUP BY file, nodeid", (scope,)
+                "SELECT file, nodeid, AVG(seconds) FROM durations WHERE scope = ? GROUP BY file, nodeid "
+                "ORDER BY file, MIN(pos), nodeid",
+                (scope,),
             ).fetchall()
         out: dict[str, dict[str, float]] = {}
         for file, nodeid, seconds in rows:
             out.setdefault(file, {})[nodeid] = float(seconds)
         return out
 
-    def record(self, scope: str, cell: str, measured: Iterable[tuple[str, float]], complete: bool = True) -> int:
+    def record(
+        self,
+        scope: str,
+        cell: str,
+        measured: Iterable[tuple[str, float] | tuple[str, float, int]],
+        complete: bool = True,
+    ) -> int:
         """Fold (node id, seconds) measurements of one cell into the store. Returns the number of rows.
 
         ``complete``: the measurements cover whole files, so a node id of those files that was not measured
@@ -88,7 +101,10 @@ class History:
         file for ``MAX_AGE_DAYS``.
         """
         now = time.time()
-        rows = [(scope, cell, nodeid, nodeid.split("::", 1)[0], seconds, now) for nodeid, seconds in measured]
+        rows = [
+            (scope, cell, m[0], m[0].split("::", 1)[0], m[1], now, m[2] if len(m) > 2 else 0)  # type: ignore[misc]
+            for m in measured
+        ]
         if not rows:
             return 0
         with self._write() as db:
@@ -105,9 +121,10 @@ class History:
                     gone = [(scope, cell, n) for (n,) in stale if n not in measured_ids]
                     db.executemany("DELETE FROM durations WHERE scope = ? AND cell = ? AND nodeid = ?", gone)
             db.executemany(
-                "INSERT INTO durations (scope, cell, nodeid, file, seconds, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO durations (scope, cell, nodeid, file, seconds, updated, pos) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (scope, cell, nodeid) DO UPDATE SET "
-                f"seconds = {WEIGHT_NEW} * excluded.seconds + {1 - WEIGHT_NEW} * seconds, updated = excluded.updated",
+                f"seconds = {WEIGHT_NEW} * excluded.seconds + {1 - WEIGHT_NEW} * seconds, "
+                "updated = excluded.updated, pos = excluded.pos",
                 rows,
             )
             db.execute("DELETE FROM durations WHERE updated < ?", (now - MAX_AGE_DAYS * 86400,))

@@ -204,8 +204,29 @@ def _lpt(weights: Sequence[tuple[float, str]], bins: int) -> tuple[list[list[int
     return buckets, loads
 
 
+def _contiguous(items: Sequence[tuple[str, float]], parts: int) -> tuple[list[tuple[str, ...]], list[float]]:
+    """Cut ordered (id, seconds) items into ``parts`` contiguous runs of about equal seconds."""
+    total = sum(max(sec, 0.0) for _, sec in items)
+    runs: list[list[str]] = [[]]
+    loads = [0.0]
+    done = 0.0
+    for i, (nid, sec) in enumerate(items):
+        left_parts = parts - len(runs)
+        boundary = (total * len(runs)) / parts
+        if runs[-1] and left_parts > 0 and done + max(sec, 0.0) / 2 > boundary and len(items) - i >= left_parts:
+            runs.append([])
+            loads.append(0.0)
+        runs[-1].append(nid)
+        loads[-1] += max(sec, 0.0)
+        done += max(sec, 0.0)
+    return [tuple(r) for r in runs], loads
+
+
 def split_pieces(files: Sequence[TestFile], tests: Mapping[str, Mapping[str, float]], target: float) -> list[Piece]:
-    """Whole files, except those predicted longer than ``target`` whose tests are known: those are cut by test id.
+    """Whole files, except those predicted longer than ``target`` whose tests are known: those are cut by test id
+    into contiguous runs, in pytest's order (``tests`` lists each file's tests in that order), so a test still
+    follows the tests it followed before (suites whose classes set up state for the next ones keep working,
+    except at a cut).
 
     Every part but the last names its tests; the last skips the others' tests, so a test that history does not
     know yet (new since the last run) still runs exactly once.
@@ -217,9 +238,8 @@ def split_pieces(files: Sequence[TestFile], tests: Mapping[str, Mapping[str, flo
             pieces.append(Piece(tf.path, tf.weight))
             continue
         parts = min(len(known), math.ceil(tf.weight / target))
-        items = sorted(known.items())
-        buckets, loads = _lpt([(sec, nid) for nid, sec in items], parts)
-        ids = [tuple(sorted(items[i][0] for i in b)) for b in buckets]
+        items = list(known.items())
+        ids, loads = _contiguous(items, parts)
         scale = tf.weight / max(sum(loads), 1e-9)  # history may not cover every test of the file
         everything = {nid for nid, _ in items}
         for i, part in enumerate(ids):

@@ -69,6 +69,7 @@ class Attempt:
     running: str | None  # node id that had started but not finished (timeout / kill)
     outcome: ShardOutcome
     wall: float = 0.0  # seconds from submission to the coordinator holding the outcome
+    order: list[str] = field(default_factory=list)  # see Report.order
 
 
 def parse_junit(data: bytes) -> list[Case]:
@@ -106,6 +107,7 @@ def parse_junit(data: bytes) -> list[Case]:
 @dataclass
 class Report:
     collected: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # the collected files' tests in pytest's order, unselected
     finished: dict[str, dict[str, object]] = field(default_factory=dict)  # nodeid -> merged record
     started: list[str] = field(default_factory=list)
     junit_names: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -124,6 +126,7 @@ def parse_report(data: bytes) -> Report:
         event = rec.get("event")
         if event == "collected":
             rep.collected = list(rec.get("nodeids", []))
+            rep.order = list(rec.get("order") or rep.collected)
         elif event == "end":
             rep.ended = True
         elif event == "test":
@@ -221,6 +224,7 @@ def evaluate(outcome: ShardOutcome, timeout: float = 0.0) -> Attempt:
         finished=set(report.finished),
         running=running,
         outcome=outcome,
+        order=report.order,
     )
 
 

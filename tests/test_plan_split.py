@@ -414,14 +414,27 @@ def test_a_dominant_file_known_to_history_is_spread_over_the_shards(seed: int) -
 
 
 def shuffled(history: Seconds, rng: random.Random) -> Seconds:
+    """The files in another order; each file's tests keep theirs (it is pytest's order, an input of the cut)."""
     files = list(history.items())
     rng.shuffle(files)
-    out: Seconds = {}
-    for f, tests in files:
-        items = list(tests.items())
-        rng.shuffle(items)
-        out[f] = dict(items)
-    return out
+    return dict(files)
+
+
+def test_a_split_file_is_cut_into_contiguous_runs_in_pytest_order() -> None:
+    # suites whose classes set state up for the next ones (pyparsing's test_unit.py) break when a file is dealt
+    # out test by test; contiguous runs keep every test behind the tests it followed, except at a cut
+    order = [f"tests/test_big.py::test_{i:02d}" for i in range(40)]
+    seconds = {nid: float(1 + i % 3) for i, nid in enumerate(order)}
+    shards = plan.plan_lpt(
+        CELL, [plan.TestFile("tests/test_big.py", sum(seconds.values()))], 3, {"tests/test_big.py": seconds}
+    )
+    runs = [s.only for s in shards if s.only]
+    for run in runs:
+        first = order.index(run[0])
+        assert list(run) == order[first : first + len(run)]
+    rest = next(s for s in shards if s.skip)
+    kept = [n for n in order if n not in rest.skip]
+    assert kept == order[order.index(kept[0]) :]  # the last part is the file's tail
 
 
 @pytest.mark.parametrize("seed", range(15))

@@ -117,6 +117,7 @@ def _file_of(nodeid):
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     path = config.getoption("matrix_run_select", None)
+    order = [item.nodeid for item in items]  # pytest's own order, before any selection
     if path:
         with open(path) as fh:
             spec = json.load(fh)
@@ -137,7 +138,10 @@ def pytest_collection_modifyitems(session, config, items):
         if drop:
             config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    _emit({"event": "collected", "nodeids": [item.nodeid for item in items]})
+    record = {"event": "collected", "nodeids": [item.nodeid for item in items]}
+    if len(order) != len(items):
+        record["order"] = order  # where tests were left to other shards: the whole files' order, for planning
+    _emit(record)
 
 
 def pytest_collectreport(report):
