@@ -49,7 +49,8 @@ def write_matrix(tmp_path: Path, project: Path, **sections: object) -> Path:
     return path
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """matrix-run in a subprocess, with extra environment variables."""
     return subprocess.run(
         [sys.executable, "-m", "runner.cli", *args],
         capture_output=True,
@@ -57,6 +58,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
         timeout=timeout,
         cwd=ROOT,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -56,16 +56,7 @@ def _run_args(matrix: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """run_cli with extra environment variables."""
-    return subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return run_cli(*args, timeout=timeout, env=env)
 
 
 def _popen(*args: str, env: dict[str, str] | None = None, log: Path) -> subprocess.Popen[bytes]:
