@@ -51,9 +51,11 @@ def plan_run(
     select: Sequence[str],
     shards_override: int | None = None,
     history: History | None = None,
-    slots: int = 1,
+    max_parallel: int | None = None,
 ) -> Planned:
     mf = config.load(matrix_path)
+    # shard slots for shards: auto: --max-parallel, strategy.max-parallel, else this host's cores
+    slots = max_parallel or mf.strategy.max_parallel or os.cpu_count() or 1
     cells = matrix.expand(mf, select)
     tree = source.snapshot(mf.project)
     settings = plan.read_pytest_settings(mf.project)
@@ -141,11 +143,6 @@ def _history(args: argparse.Namespace) -> History:
     return History(path.resolve())
 
 
-def _slots(args: argparse.Namespace, mf: config.MatrixFile) -> int:
-    """Shard slots for ``tests.shards: auto``: --max-parallel, strategy.max-parallel, else this host's cores."""
-    return args.max_parallel or mf.strategy.max_parallel or os.cpu_count() or 1
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from runner import cache, engine, images, junit, summary
     from runner.coordinator import Coordinator, RunOptions, RunResults
@@ -155,8 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # importing Ray takes about 2 s: do it while the matrix is planned and the images are checked
         threading.Thread(target=importlib.import_module, args=("ray",), daemon=True).start()
     history = _history(args)
-    mf0 = config.load(args.matrix)
-    planned = plan_run(args.matrix, args.select, args.shards, history, _slots(args, mf0))
+    planned = plan_run(args.matrix, args.select, args.shards, history, args.max_parallel)
     if args.dry_run:
         print_plan(planned)
         return ExitCode.OK

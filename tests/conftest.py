@@ -17,10 +17,25 @@ import psutil
 import pytest
 import yaml
 
+from runner.matrix import Cell, Resources
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = ROOT / "tests" / "projects"
 BASE = "matrix-run/debian:bookworm"
 RAY = Path(sys.executable).parent / "ray"
+
+
+# a plain cell for the planner's unit tests
+CELL = Cell(
+    id="python-3.11",
+    values=(("python", "3.11"),),
+    base="python:3.11-slim",
+    bootstrap=None,
+    install=(),
+    build_args=(),
+    command=("python", "-m", "pytest"),
+    resources=Resources(),
+)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runner import plan, source
-from runner.matrix import Cell, Resources
 from runner.source import SourceTree
+from tests.conftest import CELL
 
 
 def make_tree(root: Path, files: dict[str, str]) -> SourceTree:
@@ -25,17 +25,6 @@ def make_tree(root: Path, files: dict[str, str]) -> SourceTree:
 def write(root: Path, name: str, text: str) -> None:
     (root / name).write_text(textwrap.dedent(text), encoding="utf-8")
 
-
-CELL = Cell(
-    id="python-3.11",
-    values=(("python", "3.11"),),
-    base="python:3.11-slim",
-    bootstrap=None,
-    install=(),
-    build_args=(),
-    command=("python", "-m", "pytest"),
-    resources=Resources(),
-)
 
 # --- read_pytest_settings -------------------------------------------------------------------------------------------
 

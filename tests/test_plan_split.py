@@ -19,19 +19,8 @@ import pytest
 from runner import plan
 from runner.container_side import matrix_run_plugin as plugin
 from runner.coordinator import Coordinator, ShardState
-from runner.matrix import Cell, Resources
 from runner.retry import Budget
-
-CELL = Cell(
-    id="python-3.11",
-    values=(("python", "3.11"),),
-    base="python:3.11-slim",
-    bootstrap=None,
-    install=(),
-    build_args=(),
-    command=("python", "-m", "pytest"),
-    resources=Resources(),
-)
+from tests.conftest import CELL
 
 Suite = dict[str, list[str]]  # file -> the node ids pytest collects from it now, in collection order
 Seconds = dict[str, dict[str, float]]  # file -> {node id -> seconds}: what history knows, or the truth
