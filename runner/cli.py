@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("matrix-run: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # the broken stream must not be flushed at exit
+        return int(ExitCode.OK)
 
 
 if __name__ == "__main__":
