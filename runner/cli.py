@@ -54,9 +54,10 @@ def plan_run(
     max_parallel: int | None = None,
 ) -> Planned:
     mf = config.load(matrix_path)
-    # shard slots for shards: auto: --max-parallel, strategy.max-parallel, else this host's cores
-    slots = max_parallel or mf.strategy.max_parallel or os.cpu_count() or 1
     cells = matrix.expand(mf, select)
+    # shard slots for shards: auto: --max-parallel, strategy.max-parallel, else this host's cores per shard
+    per_shard = max((c.resources.cpus for c in cells), default=1.0) or 1.0
+    slots = max_parallel or mf.strategy.max_parallel or max(1, int((os.cpu_count() or 1) // per_shard))
     tree = source.snapshot(mf.project)
     settings = plan.read_pytest_settings(mf.project)
     files = plan.discover(tree, mf.tests.paths, settings)
