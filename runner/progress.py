@@ -79,7 +79,7 @@ class PlainView:
 class LiveView:
     """A rich live table: cells x shards, done/running/failed, tests passed/failed so far, elapsed."""
 
-    MAX_ROWS = 30
+    MAX_ROWS = 15
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -131,7 +131,7 @@ class LiveView:
 
         with self.lock:
             self.state.rows = {cid: _CellRow(shards=n) for cid, n in cells.items()}
-        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False)
+        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=2, transient=False)
         self.live.start()
 
     def image(self, cell_id: str, state: str, detail: str = "") -> None:

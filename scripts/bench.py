@@ -12,8 +12,9 @@ Python 3.9 / 3.11 / 3.13 (Debian bullseye / bookworm / trixie images, bootstrapp
   E   matrix-run --cache, nothing changed
   LB  this machine's lower bound: max(longest single file, total test time / slots) + one container start,
       from the per-file durations measured in D
-Coordinator figures: 10,000-cell expand+plan and 100,000-case JUnit merge (time, peak memory), and the median
-per-shard overhead of matrix-run against a bare `docker run --rm IMAGE true`.
+Coordinator figures: 10,000-cell expand+plan and 100,000-case JUnit merge (time, peak memory), one frame of the
+live view with 10,000 shards (and how many shard events per second it takes in), and the median per-shard
+overhead of matrix-run against a bare `docker run --rm IMAGE true`.
 
 A, B, C and D run in the same images (dependency image + the project layer matrix-run builds), built before any
 timing starts, so image builds are measured by none of them. Figures are ratios from this one run.
@@ -191,6 +192,32 @@ if what == "plan":
     took = time.perf_counter() - t0
     assert len(planned.cells) == 10000, len(planned.cells)
     assert sum(len(s) for s in planned.shards.values()) == 40000
+elif what == "view":
+    import io
+    from rich.console import Console
+    from runner.progress import LiveView
+    view = LiveView()
+    view.console = Console(file=io.StringIO(), force_terminal=True, width=140)
+    cells = {f"python-3.{c % 4 + 9}_torch-2.{c // 4}_cell-{c}": 4 for c in range(2500)}  # 10,000 shards
+    view.begin(cells)
+    t0 = time.perf_counter()
+    for cid, n in cells.items():
+        for s in range(n):
+            view.shard(cid, f"shard-{s + 1}of{n}", 1, "running")
+            view.shard(cid, f"shard-{s + 1}of{n}", 1, "done", 100, s % 2)
+        view.cell(cid, "passed", {"passed": 400, "failures": 2})
+    events = time.perf_counter() - t0
+    frames = []
+    for _ in range(20):
+        t1 = time.perf_counter()
+        view.console.print(view._render())
+        frames.append(time.perf_counter() - t1)
+    view.end()
+    frames.sort()
+    took = frames[len(frames) // 2]
+    print(json.dumps({"seconds": took, "events_per_s": 2 * 10000 / events,
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    sys.exit(0)
 else:
     import random
     from runner import junit, results
@@ -278,6 +305,8 @@ def main() -> int:
     merge_fig = coordinator_figure("merge")
     fig["plan10k_s"], fig["plan10k_mb"] = plan_fig["seconds"], plan_fig["peak_mb"]
     fig["merge100k_s"], fig["merge100k_mb"] = merge_fig["seconds"], merge_fig["peak_mb"]
+    view_fig = coordinator_figure("view")
+    fig["view_frame_ms"], fig["view_events_per_s"] = view_fig["seconds"] * 1000, view_fig["events_per_s"]
     print("bench: per-shard overhead", flush=True)
     overhead, bare = shard_overhead(work, "matrix-run/debian:bookworm")
     fig["shard_overhead_s"], fig["docker_run_true_s"] = overhead, bare
@@ -312,6 +341,12 @@ def main() -> int:
             f"{fig['merge100k_s']:.2f} s",
             f"{fig['merge100k_mb']:.0f} MB peak RSS",
             "target < 10 s, < 1 GB",
+        ),
+        (
+            "live view, 10k shards",
+            f"{fig['view_frame_ms']:.0f} ms",
+            f"{fig['view_events_per_s']:,.0f} events/s",
+            "one frame drawn (median); refresh every 500 ms",
         ),
         (
             "per-shard overhead (median)",
