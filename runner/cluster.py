@@ -185,7 +185,11 @@ def completed(refs: list[Any], timeout: float) -> Iterator[tuple[Any, ShardOutco
     if not refs:
         time.sleep(timeout)
         return
-    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+    # back as soon as one is done (a freed slot is filled at once), with whatever else is done by then
+    done, rest = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=True)
+    if done and rest:
+        more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=True)
+        done += more
     for ref in done:
         try:
             yield ref, ray.get(ref), ""
