@@ -32,7 +32,7 @@ def key_for(
             "env": sorted({**dict(cell.env), **dict(env)}.items()),
             "network": mf.tests.network,
             "resources": [cell.resources.cpus, cell.resources.memory, cell.resources.gpus],
-            "recipe": images.RECIPE_VERSION,
+            "recipe": f"{images.RECIPE_VERSION}/{images.SOURCE_RECIPE}",
         }
     )
 

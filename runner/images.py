@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from runner.config import MatrixFile
     from runner.matrix import Cell
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "4"  # how dependency images are made
+SOURCE_RECIPE = "2"  # how source layers are made (container_side/prepare.py)
 VENV = "/opt/matrix-run/venv"
 SOURCE_DIR = "/src"
 SOURCE_REPO = "matrix-run/src"
@@ -401,7 +402,7 @@ def ensure(
 
 
 def source_layer_tag(env_tag: str, source_digest: str, install_project: bool) -> str:
-    key = f"{env_tag}|{source_digest}|{install_project}|{RECIPE_VERSION}"
+    key = f"{env_tag}|{source_digest}|{install_project}|{RECIPE_VERSION}|{SOURCE_RECIPE}"
     return f"{SOURCE_REPO}:{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
 

@@ -3,14 +3,20 @@
 Usage: python prepare.py TARBALL DEST INSTALL(0|1). Runs once per cell image and source snapshot; the result is
 committed as a thin image layer that every shard of that cell starts from, so a shard pays neither for the
 unpacking nor for the install, and a code change rebuilds only this layer, never the dependency image.
+
+The project's bytecode is made here too: modules compiled, and the test modules and conftests rewritten by
+pytest's assertion rewriter (a collection, whose cache pytest keeps next to each file). Shards run with
+PYTHONDONTWRITEBYTECODE, so without this every shard would compile and rewrite every file it imports.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tarfile
 
 SETUP_FAILED = 250  # the project could not be installed: an error of the cell, not a test failure
+WARM_TIMEOUT = 300  # seconds the bytecode collection may take; it only saves time, so it never fails the build
 
 
 def install_project(src):
@@ -49,11 +55,32 @@ def unpack(tarball, dest):
             tar.extractall(dest, members=members)
 
 
+def warm_bytecode(src):
+    """Best effort, never fatal: compile the tree, then let pytest collect it so that it caches its rewrites."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    steps = (
+        [sys.executable, "-m", "compileall", "-q", "-j", "0", src],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+    )
+    for argv in steps:
+        proc = subprocess.Popen(
+            argv, cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=WARM_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print("matrix-run: %s took over %d s; shards will compile for themselves" % (argv[2], WARM_TIMEOUT))
+
+
 def main():
     tarball, dest, install = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     unpack(tarball, dest)
     if install:
         install_project(dest)
+    warm_bytecode(dest)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""Source layers on a real Docker engine: what a shard starts from."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runner import cli, images
+from tests.conftest import write_matrix
+
+pytestmark = [pytest.mark.docker]
+
+
+def test_source_layer_holds_compiled_modules_and_pytests_rewritten_tests(tmp_path: Path, docker_client) -> None:
+    """Shards run with PYTHONDONTWRITEBYTECODE: the layer must already hold the bytecode, including pytest's
+    assertion rewrites, so no shard compiles the project again. A file that fails to collect does not stop it."""
+    project = tmp_path / "proj"
+    files = {
+        "pkg/__init__.py": f"# {uuid.uuid4()}: a snapshot no earlier run has built a layer for\n",
+        "pkg/mod.py": "def double(x):\n    return 2 * x\n",
+        "tests/conftest.py": "import pytest\n",
+        "tests/test_ok.py": "from pkg.mod import double\n\ndef test_double():\n    assert double(2) == 4\n",
+        "tests/test_broken.py": "raise ImportError('this file cannot be collected')\n",
+    }
+    for rel, text in files.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(textwrap.dedent(text))
+    matrix = write_matrix(tmp_path, project, tests={"shards": 1, "install-project": False})
+    planned = cli.plan_run(str(matrix), [])
+    cell = planned.cells[0]
+    env_tag, _ = images.ensure(docker_client, images.specs_for(planned.mf, [cell], docker_client)[cell.id])
+
+    tag, built = images.ensure_source_layer(
+        docker_client, env_tag, planned.tree.tarball, planned.tree.digest, install_project=False
+    )
+
+    assert built
+    listing = docker_client.containers.run(
+        tag, ["sh", "-c", "ls /src/pkg/__pycache__ /src/tests/__pycache__"], remove=True
+    ).decode()
+    assert "mod.cpython-311.pyc" in listing
+    assert "test_ok.cpython-311-pytest-" in listing  # pytest's own cache of the rewritten module
+    assert "conftest.cpython-311-pytest-" in listing
