@@ -33,6 +33,7 @@ def key_for(
             "network": mf.tests.network,
             "resources": [cell.resources.cpus, cell.resources.memory, cell.resources.gpus],
             "recipe": f"{images.RECIPE_VERSION}/{images.SOURCE_RECIPE}",
+            "coverage": [mf.coverage.enabled, list(mf.coverage.source), mf.coverage.branch],
         }
     )
 

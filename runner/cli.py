@@ -17,13 +17,28 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner import __version__, config, matrix, plan, source
 from runner.errors import ExitCode, UserError
 from runner.history import History
 from runner.results import Status
 
-OWNED_OUTPUTS = ("junit.xml", "results.json", "summary.md", "report.html", "shards", "logs", "images")
+if TYPE_CHECKING:
+    from runner import coverage_merge
+    from runner.coordinator import RunResults
+
+OWNED_OUTPUTS = (
+    "junit.xml",
+    "results.json",
+    "summary.md",
+    "report.html",
+    "coverage.xml",
+    "htmlcov",
+    "shards",
+    "logs",
+    "images",
+)
 
 
 @dataclass
@@ -208,9 +223,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     status, code = summary.run_status(results, strict_flaky=args.strict_flaky)
     junit.write_merged(results.cells, out / "junit.xml", mf.name)
-    summary.write_results_json(results, out / "results.json", mf.name, status, code)
-    summary.write_summary_md(results, out / "summary.md", mf.name, status)
-    summary.write_report_html(results, out / "report.html", mf.name, status)
+    covered = _merge_coverage(mf, results, out) if mf.coverage.enabled else None
+    summary.write_results_json(results, out / "results.json", mf.name, status, code, covered)
+    summary.write_summary_md(results, out / "summary.md", mf.name, status, covered)
+    summary.write_report_html(results, out / "report.html", mf.name, status, covered)
     for finished in ran.cells:
         whole = finished.status not in (Status.CANCELLED, Status.INFRA, Status.TIMEOUT)
         history.record(planned.scope, finished.cell_id, summary.measured_durations(finished), complete=whole)
@@ -218,7 +234,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     history.close()
     summary.print_table(results, status)
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")
+    if covered is not None:
+        print(f"coverage: {covered.percent:.1f}% of {covered.files} file(s) -> {out}/coverage.xml, htmlcov/index.html")
     return code
+
+
+def _merge_coverage(mf: config.MatrixFile, results: RunResults, out: Path) -> coverage_merge.CoverageSummary | None:
+    """One coverage report for the whole matrix, from every shard attempt that sent data. Never fails the run."""
+    from runner import coverage_merge
+
+    datas = [att.outcome.coverage for cell in results.cells for att in cell.attempts if att.outcome.coverage]
+    try:
+        covered = coverage_merge.write_merged(datas, mf.project, out, f"matrix-run: {mf.name}")
+    except Exception as exc:  # a coverage problem is reported, never turned into a failed run
+        print(f"matrix-run: coverage not merged: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return None
+    for note in covered.warnings if covered is not None else ():
+        print(f"matrix-run: coverage: {note}", file=sys.stderr)
+    return covered
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import engine, images
+from runner.config import CoverageConfig
 from runner.images import ImageSpec
 from runner.matrix import Resources
 
@@ -53,6 +54,7 @@ class ShardRequest:
     network: str = "bridge"
     install_project: bool = True
     source_digest: str = ""
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
                     "roots": list(req.roots),
                     "select": bool(req.only or req.skip),
                     "install_project": req.install_project,
+                    "coverage": {"source": list(req.coverage.source), "branch": req.coverage.branch}
+                    if req.coverage.enabled
+                    else None,
                 }
             )
         )

@@ -319,6 +319,7 @@ class Coordinator:
             network=self.mf.tests.network,
             install_project=self.mf.tests.install_project,
             source_digest=self.tree.digest,
+            coverage=self.mf.coverage,
         )
         state.next_attempt += 1
         if not state.started:

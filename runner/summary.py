@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from runner.coordinator import RunResults
+from runner.coverage_merge import HTML_DIR, XML_NAME, CoverageSummary
 from runner.errors import ExitCode
 from runner.results import CellResult, Status
 
@@ -95,7 +96,14 @@ def cell_record(cell: CellResult) -> dict[str, object]:
     }
 
 
-def write_results_json(results: RunResults, path: Path, name: str, status: str, code: ExitCode) -> None:
+def write_results_json(
+    results: RunResults,
+    path: Path,
+    name: str,
+    status: str,
+    code: ExitCode,
+    coverage: CoverageSummary | None = None,
+) -> None:
     data = {
         "schema": SCHEMA_VERSION,
         "name": name,
@@ -111,6 +119,14 @@ def write_results_json(results: RunResults, path: Path, name: str, status: str, 
         },
         "cells": [cell_record(c) for c in results.cells],
     }
+    if coverage is not None:
+        data["coverage"] = {
+            "percent": coverage.percent,
+            "files": coverage.files,
+            "shards": coverage.shards,
+            "xml": XML_NAME,
+            "html": f"{HTML_DIR}/index.html",
+        }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
     tmp.replace(path)
@@ -129,8 +145,21 @@ ICON = {
 }
 
 
-def write_summary_md(results: RunResults, path: Path, name: str, status: str) -> None:
+def _coverage_line(coverage: CoverageSummary | None) -> str:
+    if coverage is None:
+        return ""
+    return (
+        f"Coverage of the whole matrix: {coverage.percent:.1f}% of {coverage.files} file(s), "
+        f"from {coverage.shards} shard attempt(s): {XML_NAME}, {HTML_DIR}/index.html"
+    )
+
+
+def write_summary_md(
+    results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
+) -> None:
     lines = [f"# matrix-run: {name} — {status}", ""]
+    if coverage is not None:
+        lines += [_coverage_line(coverage), ""]
     lines.append("| cell | status | tests | passed | failed | errors | skipped | flaky | time |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for cell in results.cells:
@@ -159,7 +188,9 @@ def write_summary_md(results: RunResults, path: Path, name: str, status: str) ->
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_report_html(results: RunResults, path: Path, name: str, status: str) -> None:
+def write_report_html(
+    results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
+) -> None:
     rows = []
     for cell in results.cells:
         c = cell.counts()
@@ -169,6 +200,12 @@ def write_report_html(results: RunResults, path: Path, name: str, status: str) -
             f"<td>{c['passed']}</td><td>{c['failures']}</td><td>{c['errors']}</td><td>{c['skipped']}</td>"
             f"<td>{c['flaky']}</td><td>{cell.duration:.1f}s</td><td><pre>{html.escape(cell.reason[:2000])}</pre></td></tr>"
         )
+    cov_html = (
+        f'\n<p>Coverage: {coverage.percent:.1f}% (<a href="{HTML_DIR}/index.html">report</a>, '
+        f'<a href="{XML_NAME}">{XML_NAME}</a>)</p>'
+        if coverage is not None
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>matrix-run: {html.escape(name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px;text-align:left}}tr.passed td:nth-child(2){{color:green}}tr.failed td:nth-child(2),
@@ -177,7 +214,7 @@ tr.flaky td:nth-child(2){{color:#a60}}pre{{margin:0;white-space:pre-wrap;max-wid
 <h1>matrix-run: {html.escape(name)} — {html.escape(status)}</h1>
 <p>run {html.escape(results.run_id)}, {results.duration:.1f}s, images built {results.images_built},
 reused {results.images_reused}. Files: <a href="junit.xml">junit.xml</a>, <a href="results.json">results.json</a>,
-<a href="summary.md">summary.md</a>, logs under <code>logs/</code>.</p>
+<a href="summary.md">summary.md</a>, logs under <code>logs/</code>.</p>{cov_html}
 <table><tr><th>cell</th><th>status</th><th>tests</th><th>passed</th><th>failed</th><th>errors</th><th>skipped</th>
 <th>flaky</th><th>time</th><th>reason</th></tr>
 {"".join(rows)}

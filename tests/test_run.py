@@ -156,3 +156,30 @@ def test_max_parallel_one_runs_shards_one_at_a_time(tmp_path, docker_client):
             assert running == 1, proc.stdout
         elif " attempt " in line and ("done" in line or "failed" in line):
             running -= 1
+
+
+def test_coverage_of_every_shard_merges_into_one_report(tmp_path, docker_client):
+    """coverage: on -> each shard measures the project in its container; the coordinator combines the data files
+    of all shards (remapping /src onto the project here) into one coverage.xml and htmlcov/."""
+    out = tmp_path / "out"
+    matrix = write_matrix(
+        tmp_path,
+        PROJECTS / "tiny",
+        coverage={"enabled": True, "source": ["tiny"]},
+        tests={"shards": 2, "timeout": 300},
+    )
+
+    proc = run_cli("run", str(matrix), "--out", str(out), "--plain")
+
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = results(out)
+    assert data["coverage"]["shards"] == 2
+    assert data["coverage"]["xml"] == "coverage.xml"
+    classes = {c.get("filename"): c for c in ET.parse(out / "coverage.xml").getroot().iter("class")}
+    assert set(classes) == {"tiny/__init__.py"}  # coverage.source, relative to the project, never under /src
+    hits = {int(ln.get("number")): int(ln.get("hits")) for ln in classes["tiny/__init__.py"].iter("line")}
+    assert hits[max(hits)] > 0  # `return a + b`: run by the shard that holds test_math.py
+    assert data["coverage"]["percent"] == 100.0
+    assert (out / "htmlcov" / "index.html").is_file()
+    assert "coverage: 100.0%" in proc.stdout
+    assert not containers_of(docker_client, data["run_id"])

@@ -27,6 +27,9 @@ def main():
         "matrix_run_plugin",
         "--matrix-run-report=" + os.path.join(out, "report.jsonl"),
     ]
+    if req.get("coverage"):
+        cov = dict(req["coverage"], data_file=os.path.join(out, ".coverage"))
+        os.environ["MATRIX_RUN_COVERAGE"] = json.dumps(cov)
     if req.get("select"):
         argv.append("--matrix-run-select=" + os.path.join(out, "select.json"))
     print("matrix-run: " + json.dumps(argv), flush=True)

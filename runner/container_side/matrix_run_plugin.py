@@ -9,6 +9,9 @@
   project's own roots with its own rules (``collect_ignore`` in conftest files, ``norecursedirs``, ...): a file
   that a conftest ignores stays ignored, exactly as in a direct run. The exclude form lets one shard take every
   file that no other shard named, so no test can fall between shards.
+- Coverage, when matrix-run asks for it (``MATRIX_RUN_COVERAGE``: JSON with ``data_file``, ``source``, ``branch``):
+  started as this plugin is loaded (``-p``, before any conftest or test module is imported), with the project's
+  own coverage configuration, and saved to one data file per shard at the end of the session.
 - ``--matrix-run-select FILE`` (JSON ``{"only": [...], "skip": [...], "fallback": bool}`` of node ids): a file
   with ids in ``only`` runs just those (a rerun, or a part of a file split across shards); ids in ``skip`` do not
   run (they belong to another part). In a rerun (``fallback``), an id that no longer exists (e.g. a parameter id
@@ -22,6 +25,27 @@ import re
 import pytest
 
 _stream = None
+
+
+def _start_coverage():
+    spec = os.environ.get("MATRIX_RUN_COVERAGE")
+    if not spec or os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    import coverage
+
+    opts = json.loads(spec)
+    cov = coverage.Coverage(
+        data_file=opts["data_file"],
+        source=opts.get("source") or None,
+        branch=True if opts.get("branch") else None,  # else the project's own setting
+    )
+    cov.set_option("run:parallel", False)  # one data file per shard, where matrix-run collects it
+    cov.set_option("run:relative_files", False)  # /src paths, remapped onto the project by the coordinator
+    cov.start()
+    return cov
+
+
+_coverage = _start_coverage()
 
 
 def pytest_addoption(parser):
@@ -60,7 +84,11 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    global _stream
+    global _stream, _coverage
+    if _coverage is not None:
+        _coverage.stop()
+        _coverage.save()
+        _coverage = None
     if _stream is not None:
         _emit({"event": "end"})
         _stream.close()
