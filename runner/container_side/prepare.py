@@ -16,7 +16,7 @@ import sys
 import tarfile
 
 SETUP_FAILED = 250  # the project could not be installed: an error of the cell, not a test failure
-WARM_TIMEOUT = 300  # seconds the bytecode collection may take; it only saves time, so it never fails the build
+WARM_TIMEOUT = 120  # seconds the bytecode collection may take; it only saves time, so it never fails the build
 
 
 def install_project(src):
