@@ -186,7 +186,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         labels = {engine.LABEL_RUN: req.run_id}
         env_tag, _ = images.ensure(client, req.image, labels=labels)
         tag, _ = images.ensure_source_layer(
-            client, env_tag, tarball, req.source_digest, req.install_project, labels=labels
+            client, env_tag, tarball, req.source_digest, req.install_project, labels=labels, roots=req.roots
         )
         (work / "out").mkdir()
         (work / "out" / "request.json").write_text(

@@ -205,7 +205,14 @@ class Coordinator:
         started = time.monotonic()
         env_tag, built = images.ensure(client, spec, log, labels)
         _, layer_built = images.ensure_source_layer(
-            client, env_tag, self.tree.tarball, self.tree.digest, self.mf.tests.install_project, log, labels
+            client,
+            env_tag,
+            self.tree.tarball,
+            self.tree.digest,
+            self.mf.tests.install_project,
+            log,
+            labels,
+            roots=self.mf.tests.paths,
         )
         return env_tag, built, 0.0 if built or layer_built else time.monotonic() - started
 

@@ -401,8 +401,8 @@ def ensure(
         return tag, True
 
 
-def source_layer_tag(env_tag: str, source_digest: str, install_project: bool) -> str:
-    key = f"{env_tag}|{source_digest}|{install_project}|{RECIPE_VERSION}|{SOURCE_RECIPE}"
+def source_layer_tag(env_tag: str, source_digest: str, install_project: bool, roots: tuple[str, ...] = ()) -> str:
+    key = f"{env_tag}|{source_digest}|{install_project}|{RECIPE_VERSION}|{SOURCE_RECIPE}|{json.dumps(list(roots))}"
     return f"{SOURCE_REPO}:{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
 
@@ -414,8 +414,10 @@ def ensure_source_layer(
     install_project: bool,
     log: Path | None = None,
     labels: dict[str, str] | None = None,
+    roots: tuple[str, ...] = (),
 ) -> tuple[str, bool]:
-    """A thin layer over the cell image: the project unpacked in /src and installed. Returns (tag, built).
+    """A thin layer over the cell image: the project unpacked in /src and installed, and its bytecode made (pytest
+    collects from ``roots``, the shards' tests.paths, or as configured). Returns (tag, built).
 
     Built once per (cell image, source snapshot) and node; every shard of the cell starts from it, so shards pay
     for neither unpacking nor installing, and an unchanged tree reuses the layer of the previous run.
@@ -423,7 +425,7 @@ def ensure_source_layer(
 
     from runner import source
 
-    tag = source_layer_tag(env_tag, source_digest, install_project)
+    tag = source_layer_tag(env_tag, source_digest, install_project, roots)
     if local_image_id(client, tag):
         return tag, False
     with _lock(tag):
@@ -433,7 +435,14 @@ def ensure_source_layer(
         code, tail = _run_and_commit(
             client,
             env_tag,
-            ["python", "/mr/side/prepare.py", "/mr/source.tar", SOURCE_DIR, "1" if install_project else "0"],
+            [
+                "python",
+                "/mr/side/prepare.py",
+                "/mr/source.tar",
+                SOURCE_DIR,
+                "1" if install_project else "0",
+                json.dumps(list(roots)),
+            ],
             {
                 str(tar_path): {"bind": "/mr/source.tar", "mode": "ro"},
                 str(SIDE_DIR): {"bind": "/mr/side", "mode": "ro"},

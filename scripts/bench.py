@@ -101,7 +101,12 @@ def prepare_images(matrix: Path) -> dict[str, str]:
     for cell in planned.cells:
         env_tag, _ = images.ensure(client, specs[cell.id])
         tag, _ = images.ensure_source_layer(
-            client, env_tag, planned.tree.tarball, planned.tree.digest, planned.mf.tests.install_project
+            client,
+            env_tag,
+            planned.tree.tarball,
+            planned.tree.digest,
+            planned.mf.tests.install_project,
+            roots=planned.mf.tests.paths,
         )
         out[cell.id] = tag
     return out

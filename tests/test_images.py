@@ -24,23 +24,31 @@ def test_source_layer_holds_compiled_modules_and_pytests_rewritten_tests(tmp_pat
         "tests/conftest.py": "import pytest\n",
         "tests/test_ok.py": "from pkg.mod import double\n\ndef test_double():\n    assert double(2) == 4\n",
         "tests/test_broken.py": "raise ImportError('this file cannot be collected')\n",
+        # outside tests.paths: the shards never import it, so neither may the layer's collection
+        "scripts/test_side_effect.py": "open('/src/IMPORTED_OUTSIDE_ROOTS', 'w').close()\n",
     }
     for rel, text in files.items():
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
         (project / rel).write_text(textwrap.dedent(text))
-    matrix = write_matrix(tmp_path, project, tests={"shards": 1, "install-project": False})
+    matrix = write_matrix(tmp_path, project, tests={"shards": 1, "install-project": False, "paths": ["tests"]})
     planned = cli.plan_run(str(matrix), [])
     cell = planned.cells[0]
     env_tag, _ = images.ensure(docker_client, images.specs_for(planned.mf, [cell], docker_client)[cell.id])
 
     tag, built = images.ensure_source_layer(
-        docker_client, env_tag, planned.tree.tarball, planned.tree.digest, install_project=False
+        docker_client,
+        env_tag,
+        planned.tree.tarball,
+        planned.tree.digest,
+        install_project=False,
+        roots=planned.mf.tests.paths,
     )
 
     assert built
     listing = docker_client.containers.run(
-        tag, ["sh", "-c", "ls /src/pkg/__pycache__ /src/tests/__pycache__"], remove=True
+        tag, ["sh", "-c", "ls /src /src/pkg/__pycache__ /src/tests/__pycache__"], remove=True
     ).decode()
     assert "mod.cpython-311.pyc" in listing
     assert "test_ok.cpython-311-pytest-" in listing  # pytest's own cache of the rewritten module
     assert "conftest.cpython-311-pytest-" in listing
+    assert "IMPORTED_OUTSIDE_ROOTS" not in listing

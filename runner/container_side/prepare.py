@@ -1,14 +1,16 @@
 """Source layer: unpack the project snapshot into /src and install the project (no network, no deps).
 
-Usage: python prepare.py TARBALL DEST INSTALL(0|1). Runs once per cell image and source snapshot; the result is
-committed as a thin image layer that every shard of that cell starts from, so a shard pays neither for the
-unpacking nor for the install, and a code change rebuilds only this layer, never the dependency image.
+Usage: python prepare.py TARBALL DEST INSTALL(0|1) [ROOTS_JSON]. Runs once per cell image and source snapshot;
+the result is committed as a thin image layer that every shard of that cell starts from, so a shard pays neither
+for the unpacking nor for the install, and a code change rebuilds only this layer, never the dependency image.
 
 The project's bytecode is made here too: modules compiled, and the test modules and conftests rewritten by
-pytest's assertion rewriter (a collection, whose cache pytest keeps next to each file). Shards run with
-PYTHONDONTWRITEBYTECODE, so without this every shard would compile and rewrite every file it imports.
+pytest's assertion rewriter (a collection of ROOTS, the shards' tests.paths, whose cache pytest keeps next to
+each file). Shards run with PYTHONDONTWRITEBYTECODE, so without this every shard would compile and rewrite every
+file it imports.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -55,13 +57,15 @@ def unpack(tarball, dest):
             tar.extractall(dest, members=members)
 
 
-def warm_bytecode(src):
-    """Best effort, never fatal: compile the tree, then let pytest collect it so that it caches its rewrites."""
+def warm_bytecode(src, roots):
+    """Best effort, never fatal: compile the tree, then let pytest collect what the shards will collect (``roots``,
+    else the project's own testpaths) so that it caches its rewrites."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    roots = [r for r in roots if os.path.exists(os.path.join(src, r))]
     steps = (
         [sys.executable, "-m", "compileall", "-q", "-j", "0", src],
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"] + roots,
     )
     for argv in steps:
         proc = subprocess.Popen(
@@ -77,10 +81,11 @@ def warm_bytecode(src):
 
 def main():
     tarball, dest, install = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    roots = json.loads(sys.argv[4]) if len(sys.argv) > 4 else []
     unpack(tarball, dest)
     if install:
         install_project(dest)
-    warm_bytecode(dest)
+    warm_bytecode(dest, roots)
 
 
 if __name__ == "__main__":
