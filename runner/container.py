@@ -184,10 +184,9 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
     try:
         client = engine.connect()
         labels = {engine.LABEL_RUN: req.run_id}
-        env_tag, _ = images.ensure(client, req.image, labels=labels)
-        tag, _ = images.ensure_source_layer(
-            client, env_tag, tarball, req.source_digest, req.install_project, labels=labels, roots=req.roots
-        )
+        tag = images.ensure_cell_image(
+            client, req.image, tarball, req.source_digest, req.install_project, req.roots, labels=labels
+        ).tag
         (work / "out").mkdir()
         (work / "out" / "request.json").write_text(
             json.dumps(

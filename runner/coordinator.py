@@ -203,18 +203,18 @@ class Coordinator:
     ) -> tuple[str, bool, float]:
         """The cell's dependency image, then its source layer (project unpacked and installed) on this node."""
         started = time.monotonic()
-        env_tag, built = images.ensure(client, spec, log, labels)
-        _, layer_built = images.ensure_source_layer(
+        image = images.ensure_cell_image(
             client,
-            env_tag,
+            spec,
             self.tree.tarball,
             self.tree.digest,
             self.mf.tests.install_project,
+            self.mf.tests.paths,
             log,
             labels,
-            roots=self.mf.tests.paths,
         )
-        return env_tag, built, 0.0 if built or layer_built else time.monotonic() - started
+        fresh = image.env_built or image.layer_built
+        return image.env_tag, image.env_built, 0.0 if fresh else time.monotonic() - started
 
     def _collect_builds(self, builds: dict[Future[tuple[str, bool, float]], list[str]]) -> None:
         for fut in [f for f in builds if f.done()]:

@@ -466,6 +466,34 @@ def ensure_source_layer(
         return tag, True
 
 
+@dataclass(frozen=True)
+class CellImage:
+    """What a cell's shards start from on this node: the dependency image and the source layer over it."""
+
+    env_tag: str
+    tag: str  # the source layer
+    env_built: bool  # built now, not found
+    layer_built: bool
+
+
+def ensure_cell_image(
+    client: docker.DockerClient,
+    spec: ImageSpec,
+    tarball: bytes,
+    source_digest: str,
+    install_project: bool,
+    roots: tuple[str, ...] = (),
+    log: Path | None = None,
+    labels: dict[str, str] | None = None,
+) -> CellImage:
+    """``ensure`` the dependency image, then ``ensure_source_layer`` over it."""
+    env_tag, env_built = ensure(client, spec, log, labels)
+    tag, layer_built = ensure_source_layer(
+        client, env_tag, tarball, source_digest, install_project, log, labels, roots=roots
+    )
+    return CellImage(env_tag, tag, env_built, layer_built)
+
+
 def _prune_source_layers(client: docker.DockerClient, env_tag: str, keep: str) -> None:
     """Keep the newest few source layers of one dependency image; older ones only take disk."""
     import docker.errors

@@ -99,15 +99,14 @@ def prepare_images(matrix: Path) -> dict[str, str]:
     specs = images.specs_for(planned.mf, planned.cells, client)
     out = {}
     for cell in planned.cells:
-        env_tag, _ = images.ensure(client, specs[cell.id])
-        tag, _ = images.ensure_source_layer(
+        tag = images.ensure_cell_image(
             client,
-            env_tag,
+            specs[cell.id],
             planned.tree.tarball,
             planned.tree.digest,
             planned.mf.tests.install_project,
-            roots=planned.mf.tests.paths,
-        )
+            planned.mf.tests.paths,
+        ).tag
         out[cell.id] = tag
     return out
 
