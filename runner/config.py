@@ -7,9 +7,11 @@ Matrix values keep the text as written (``3.10`` stays ``"3.10"``, not the float
 from __future__ import annotations
 
 import difflib
+import os
+import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -22,8 +24,43 @@ SAFE_AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
+# A control character (NUL, newline, ESC, DEL...) in a path, an argument or a variable is never meant.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+USER = re.compile(r"^(\d{1,10})(?::(\d{1,10}))?$")
+
 DEFAULT_BASE = "python:{python}-slim"
 DEFAULT_COMMAND = ("python", "-m", "pytest")
+DEFAULT_OUTPUT_LIMIT = "64m"
+MiB = 1024**2
+
+# Limits on what a matrix file may make the loader do: all far above any hand-written matrix file.
+MAX_FILE_BYTES = 1 * MiB  # checked before the file is parsed
+MAX_DEPTH = 32  # nested mappings and lists, checked on the YAML event stream before anything is composed
+MAX_ALIASES = 100  # YAML aliases (*name) in one file
+MAX_ALIAS_NODES = 100_000  # nodes that the aliases of one file stand for, counted as if written out
+MIN_OUTPUT_LIMIT = 1 * MiB
+MIN_PIDS = 16
+
+# project: folders that hold a system, not a project: exactly these ...
+SYSTEM_FOLDERS = ("/", "/home", "/root", "/tmp", "/usr", "/var", "/opt", "/srv", "/mnt", "/media")
+# ... and these with everything below them
+SYSTEM_TREES = (
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/share",
+    "/run",
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +80,8 @@ class ImageConfig:
 class TestsConfig:
     command: tuple[str, ...] = DEFAULT_COMMAND
     args: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # relative to workdir
+    workdir: str = ""  # posix path relative to the project where the tests run; "" = the project root
     shards: int | str = 1  # an int >= 1 or "auto"
     shard_target: float = 60.0  # seconds a shard should take, for shards: auto
     split_files: bool = True  # cut a file longer than a fair shard into contiguous runs of tests
@@ -52,11 +90,13 @@ class TestsConfig:
     env: tuple[tuple[str, str], ...] = ()
     pass_env: tuple[str, ...] = ()
     network: str = "bridge"  # "bridge" or "none"
+    user: str = "auto"  # "auto" (a non-root user where the image allows), "root", "UID" or "UID:GID"
+    output_limit: int = 64 * MiB  # bytes: the cap on each output file read back from a shard
 
 
 @dataclass(frozen=True)
 class RetriesConfig:
-    flaky: int = 0
+    flaky: int = 2
     infra: int = 2
 
 
@@ -80,6 +120,7 @@ class ResourcesConfig:
     cpus: str = "1"
     memory: str = ""
     gpus: str = "0"
+    pids: int = 4096  # the container's pids limit
 
 
 @dataclass(frozen=True)
@@ -100,7 +141,145 @@ class MatrixFile:
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError for a key of this file, with its line."""
-        return ConfigError(str(self.path), key, problem, self.lines.get(key))
+        return config_error(str(self.path), key, problem, _line_of(self.lines, key))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x00``): a user error stays one line."""
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def config_error(file: str, key: str, problem: str, line: int | None = None) -> ConfigError:
+    """A ConfigError that is one line whatever the file name, the key or the value in it hold."""
+    return ConfigError(one_line(file), one_line(key), one_line(problem), line)
+
+
+class KeyLines(dict[str, int]):
+    """Key path -> line, and which key paths reach a node through a YAML alias (``other: *anchor``).
+
+    The document is walked once per node, so the keys below an alias are not listed; ``real`` maps such a key
+    onto the same node's key where the anchor was written.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aliased: dict[str, str] = {}  # key path reached through an alias -> the node's first key path
+
+    def real(self, key: str) -> str:
+        for _ in range(MAX_DEPTH + 1):  # an alias may sit below another alias
+            for cut in range(len(key), 0, -1):
+                if cut == len(key) or key[cut] in ".[":
+                    target = self.aliased.get(key[:cut])
+                    if target is not None:
+                        key = target + key[cut:]
+                        break
+            else:
+                return key
+        return key
+
+    def find(self, key: str) -> int | None:
+        line = self.get(key)
+        return line if line is not None or not self.aliased else self.get(self.real(key))
+
+
+def _line_of(lines: dict[str, int], key: str) -> int | None:
+    return lines.find(key) if isinstance(lines, KeyLines) else lines.get(key)
+
+
+class _Frame:
+    """An open mapping or list while the YAML event stream is checked."""
+
+    __slots__ = ("anchor", "index", "key", "key_next", "mapping", "path", "size")
+
+    def __init__(self, path: str, mapping: bool, anchor: str | None) -> None:
+        self.path = path
+        self.mapping = mapping
+        self.anchor = anchor
+        self.index = 0
+        self.key_next = True
+        self.key = "?"
+        self.size = 1  # nodes in this collection, aliases counted as written out
+
+    def child(self) -> str:
+        """The key path of the next node in this collection (a mapping's key is reported at the mapping)."""
+        if not self.mapping:
+            self.index += 1
+            return f"{self.path}[{self.index - 1}]"
+        self.key_next = not self.key_next
+        if not self.key_next:  # this node is a key
+            return self.path
+        return f"{self.path}.{self.key}" if self.path else self.key
+
+
+def _section(path: str) -> str:
+    """``matrix.python[0][0][0]`` -> ``matrix.python``: the section and key to name for a problem deep inside."""
+    m = re.match(r"[^.\[]*(?:\.[^.\[]*)?", path)
+    return m.group() if m else path
+
+
+def _check_events(file: str, text: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH or with aliases that stand for too much, before composing it.
+
+    Runs on the event stream (PyYAML's parser is a loop, not a recursion), so a file of 100,000 nested ``[`` or a
+    "billion laughs" alias bomb is one line of error, never a RecursionError or gigabytes of memory.
+    """
+    stack: list[_Frame] = []
+    sizes: dict[str, int] = {}  # anchor -> the nodes it stands for
+    aliases = 0
+    expanded = 0
+
+    def close(size: int, anchor: str | None) -> None:
+        if anchor is not None:
+            sizes[anchor] = size
+        if stack:
+            stack[-1].size += size
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.DocumentStartEvent):
+            sizes.clear()
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            if isinstance(event, yaml.CollectionEndEvent):
+                frame = stack.pop()
+                close(frame.size, frame.anchor)
+            continue
+        is_key = bool(stack) and stack[-1].mapping and stack[-1].key_next
+        path = stack[-1].child() if stack else ""
+        if is_key:
+            stack[-1].key = event.value if isinstance(event, yaml.ScalarEvent) else "?"
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        if isinstance(event, yaml.ScalarEvent):
+            close(1, event.anchor)
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise config_error(
+                    file,
+                    _section(path),
+                    f"more than {MAX_ALIASES} YAML aliases (*name) in one file; write the values out",
+                    line,
+                )
+            size = sizes.get(event.anchor or "", 1)
+            expanded += size
+            if expanded > MAX_ALIAS_NODES:
+                raise config_error(
+                    file,
+                    _section(path),
+                    f"the YAML aliases stand for more than {MAX_ALIAS_NODES} values (*{event.anchor} expands to "
+                    f"{size}); aliases of aliases multiply, write the values out",
+                    line,
+                )
+            close(size, None)
+        else:  # a mapping or a list starts
+            if len(stack) >= MAX_DEPTH:
+                raise config_error(
+                    file,
+                    _section(path),
+                    f"YAML nested deeper than {MAX_DEPTH} levels of mappings and lists; "
+                    "a matrix file needs a few, flatten it",
+                    line,
+                )
+            stack.append(_Frame(path, isinstance(event, yaml.MappingStartEvent), event.anchor))
 
 
 class _Doc:
@@ -108,9 +287,10 @@ class _Doc:
 
     def __init__(self, file: str, text: str) -> None:
         self.file = file
-        self.lines: dict[str, int] = {}
+        self.lines = KeyLines()
         self.raw: dict[str, str] = {}
         try:
+            _check_events(file, text)
             loader = yaml.SafeLoader(text)
             try:
                 node = loader.get_single_node()
@@ -121,31 +301,56 @@ class _Doc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line = mark.line + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(file, "", f"malformed YAML: {problem}; fix the syntax", line) from None
+            raise config_error(file, "", f"malformed YAML: {problem}; fix the syntax", line) from None
         if node is not None:
-            self._walk(node, "")
+            self._walk(node)
 
-    def _walk(self, node: yaml.Node, path: str) -> None:
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key, value in node.value:
-                sub = f"{path}.{key.value}" if path else str(key.value)
-                if str(key.value) in seen:
-                    raise ConfigError(
-                        self.file, sub, f"'{key.value}' is defined twice; keep one", key.start_mark.line + 1
-                    )
-                seen.add(str(key.value))
-                self.lines[sub] = key.start_mark.line + 1
-                self._walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._walk(item, f"{path}[{i}]")
-        elif isinstance(node, yaml.ScalarNode):
-            self.raw[path] = node.value
+    def _walk(self, root: yaml.Node) -> None:
+        """Record each key path's line and raw scalar text, visiting every node once.
+
+        A node reached again through an alias is not walked again (an alias bomb would make that exponential):
+        its key path is recorded as an alias of the first one instead (``KeyLines.real``).
+        """
+        first: dict[int, str] = {}  # id(collection node) -> the key path it was first reached by
+        todo: list[tuple[yaml.Node, str]] = [(root, "")]
+        while todo:
+            node, path = todo.pop()
+            if isinstance(node, yaml.ScalarNode):
+                self.lines[path] = node.start_mark.line + 1
+                self.raw[path] = node.value
+                continue
+            seen_at = first.get(id(node))
+            if seen_at is not None:
+                self.lines.setdefault(path, node.start_mark.line + 1)
+                self.lines.aliased[path] = seen_at
+                continue
+            first[id(node)] = path
+            self.lines[path] = node.start_mark.line + 1
+            children: list[tuple[yaml.Node, str]] = []
+            if isinstance(node, yaml.MappingNode):
+                keys: set[str] = set()
+                for key, value in node.value:
+                    sub = f"{path}.{key.value}" if path else str(key.value)
+                    if str(key.value) in keys:
+                        raise config_error(
+                            self.file, sub, f"'{key.value}' is defined twice; keep one", key.start_mark.line + 1
+                        )
+                    keys.add(str(key.value))
+                    self.lines[sub] = key.start_mark.line + 1
+                    children.append((value, sub))
+            elif isinstance(node, yaml.SequenceNode):
+                children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            todo.extend(reversed(children))
+
+    def text(self, key: str, value: Any) -> str:
+        """The scalar as written at ``key`` (``3.10`` stays ``"3.10"``), else ``str(value)``."""
+        raw = self.raw.get(key)
+        if raw is None and self.lines.aliased:
+            raw = self.raw.get(self.lines.real(key))
+        return raw if raw is not None else str(value)
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, key, problem, self.lines.get(key))
+        return config_error(self.file, key, problem, self.lines.find(key))
 
 
 def _check_keys(doc: _Doc, key: str, value: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -169,7 +374,7 @@ def _mapping(doc: _Doc, key: str, value: Any, allowed: tuple[str, ...]) -> dict[
 def _str(doc: _Doc, key: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise doc.error(key, f"must be a string (got {type(value).__name__})")
-    return doc.raw.get(key, str(value))
+    return doc.text(key, value)
 
 
 def _str_list(doc: _Doc, key: str, value: Any) -> tuple[str, ...]:
@@ -180,6 +385,23 @@ def _str_list(doc: _Doc, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise doc.error(key, f"must be a list of strings (got {type(value).__name__})")
     return tuple(_str(doc, f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _plain(doc: _Doc, key: str, text: str) -> str:
+    """``text`` with no control character: a NUL or a newline in a path, argument or variable is never meant."""
+    bad = CONTROL.search(text)
+    if bad:
+        raise doc.error(
+            key, f"{text!r} contains the control character U+{ord(bad.group()):04X}; remove it (write plain text)"
+        )
+    return text
+
+
+def _plain_list(doc: _Doc, key: str, value: Any) -> tuple[str, ...]:
+    items = _str_list(doc, key, value)
+    for i, item in enumerate(items):
+        _plain(doc, f"{key}[{i}]", item)
+    return items
 
 
 def _int(doc: _Doc, key: str, value: Any, minimum: int = 0) -> int:
@@ -211,7 +433,7 @@ def _str_map(doc: _Doc, key: str, value: Any) -> tuple[tuple[str, str], ...]:
 def _safe_value(doc: _Doc, key: str, value: Any) -> str:
     if isinstance(value, (dict, list)) or value is None:
         raise doc.error(key, f"must be a single value such as 3.11 or cpu (got {type(value).__name__})")
-    text = doc.raw.get(key, str(value))
+    text = doc.text(key, value)
     if not SAFE_VALUE.match(text):
         raise doc.error(
             key,
@@ -297,23 +519,21 @@ TESTS_KEYS = (
     "env",
     "pass-env",
     "network",
+    "workdir",
+    "user",
+    "output-limit",
 )
 RETRIES_KEYS = ("flaky", "infra")
 COVERAGE_KEYS = ("enabled", "source", "branch")
 STRATEGY_KEYS = ("fail-fast", "max-parallel")
-RESOURCES_KEYS = ("cpus", "memory", "gpus")
+RESOURCES_KEYS = ("cpus", "memory", "gpus", "pids")
 
 
 def load(path: str | Path) -> MatrixFile:
     """Read and validate a matrix file. Raises ConfigError (one line, no traceback) on any problem."""
     p = Path(path)
     file = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, "", "matrix file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(file, "", f"cannot read the matrix file ({exc.__class__.__name__})") from None
+    text = _read(p, file)
     doc = _Doc(file, text)
     data = doc.data
     if not isinstance(data, dict):
@@ -324,6 +544,7 @@ def load(path: str | Path) -> MatrixFile:
     if not SAFE_NAME.match(name):
         raise doc.error("name", f"{name!r} must be letters, digits, . _ - (it names output folders and labels)")
     project = (p.parent / _str(doc, "project", data.get("project", "."))).resolve()
+    _check_project(doc, project)
     if not project.is_dir():
         raise doc.error(
             "project", f"project folder {str(project)!r} does not exist; set it relative to the matrix file"
@@ -350,8 +571,8 @@ def load(path: str | Path) -> MatrixFile:
         base=_str(doc, "image.base", img.get("base", DEFAULT_BASE)),
         bootstrap=_str(doc, "image.bootstrap", img["bootstrap"]) if img.get("bootstrap") is not None else None,
         dockerfile=dockerfile,
-        install=_str_list(doc, "image.install", img.get("install", [])),
-        pip_args=_str_list(doc, "image.pip-args", img.get("pip-args", [])),
+        install=_plain_list(doc, "image.install", img.get("install", [])),
+        pip_args=_plain_list(doc, "image.pip-args", img.get("pip-args", [])),
         build_args=_str_map(doc, "image.build-args", img.get("build-args", {})),
         pytest=_str(doc, "image.pytest", img.get("pytest", "pytest")),
         ca_bundle=_host_path_option(doc, "image.ca-bundle", img.get("ca-bundle", "auto")),
@@ -363,32 +584,42 @@ def load(path: str | Path) -> MatrixFile:
     if shards != "auto":
         shards = _int(doc, "tests.shards", shards, minimum=1)
     timeout = t.get("timeout", 1800)
-    command = _str_list(doc, "tests.command", t.get("command", list(DEFAULT_COMMAND)))
+    command = _plain_list(doc, "tests.command", t.get("command", list(DEFAULT_COMMAND)))
     if not command:
         raise doc.error("tests.command", "must not be empty; the default is [python, -m, pytest]")
     network = _str(doc, "tests.network", t.get("network", "bridge"))
     if network not in ("bridge", "none"):
         raise doc.error("tests.network", f"must be 'bridge' or 'none' (got {network!r})")
+    env = _str_map(doc, "tests.env", t.get("env", {}))
+    for k, v in env:
+        _plain(doc, f"tests.env.{k}", k)
+        _plain(doc, f"tests.env.{k}", v)
+    workdir = _workdir(doc, project, t.get("workdir", ""))
     tests = TestsConfig(
         command=command,
-        args=_str_list(doc, "tests.args", t.get("args", [])),
-        paths=_str_list(doc, "tests.paths", t.get("paths", [])),
+        args=_plain_list(doc, "tests.args", t.get("args", [])),
+        paths=_plain_list(doc, "tests.paths", t.get("paths", [])),
+        workdir=workdir,
         shards=shards,
         shard_target=_positive(doc, "tests.shard-target", t.get("shard-target", 60)),
         split_files=_bool(doc, "tests.split-files", t.get("split-files", True)),
         timeout=_positive(doc, "tests.timeout", timeout),
         install_project=_bool(doc, "tests.install-project", t.get("install-project", True)),
-        env=_str_map(doc, "tests.env", t.get("env", {})),
-        pass_env=_str_list(doc, "tests.pass-env", t.get("pass-env", [])),
+        env=env,
+        pass_env=_plain_list(doc, "tests.pass-env", t.get("pass-env", [])),
         network=network,
+        user=_user(doc, "tests.user", t.get("user", "auto")),
+        output_limit=_size(doc, "tests.output-limit", t.get("output-limit", DEFAULT_OUTPUT_LIMIT), MIN_OUTPUT_LIMIT),
     )
     for i, tp in enumerate(tests.paths):
-        if Path(tp).is_absolute() or ".." in Path(tp).parts:
-            raise doc.error(f"tests.paths[{i}]", f"{tp!r} must be a path inside the project")
+        joined = posixpath.normpath(posixpath.join(workdir, tp)) if tp else workdir
+        if PurePosixPath(tp).is_absolute() or Path(tp).is_absolute() or joined == ".." or joined.startswith("../"):
+            where = f" (paths are relative to tests.workdir {workdir!r})" if workdir else ""
+            raise doc.error(f"tests.paths[{i}]", f"{tp!r} must be a path inside the project{where}")
 
     r = _mapping(doc, "retries", data.get("retries"), RETRIES_KEYS)
     retries = RetriesConfig(
-        flaky=_int(doc, "retries.flaky", r.get("flaky", 0)),
+        flaky=_int(doc, "retries.flaky", r.get("flaky", 2)),
         infra=_int(doc, "retries.infra", r.get("infra", 2)),
     )
 
@@ -414,6 +645,7 @@ def load(path: str | Path) -> MatrixFile:
         cpus=_number_text(doc, "resources.cpus", res.get("cpus", 1)),
         memory=_memory(doc, "resources.memory", res.get("memory", "")) if res.get("memory") is not None else "",
         gpus=_number_text(doc, "resources.gpus", res.get("gpus", 0)),
+        pids=_int(doc, "resources.pids", res.get("pids", 4096), minimum=MIN_PIDS),
     )
 
     return MatrixFile(
@@ -431,6 +663,83 @@ def load(path: str | Path) -> MatrixFile:
         resources=resources,
         lines=doc.lines,
     )
+
+
+def _read(p: Path, file: str) -> str:
+    """The file's text, refusing a file over MAX_FILE_BYTES before a byte of it is parsed."""
+    try:
+        with p.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = b"" if size > MAX_FILE_BYTES else fh.read(MAX_FILE_BYTES + 1)
+        if size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:
+            what = f"{size} bytes ({size / MiB:.1f} MiB)" if size > MAX_FILE_BYTES else f"over {MAX_FILE_BYTES} bytes"
+            raise config_error(
+                file,
+                "",
+                f"the matrix file is {what}, over the cap of {MAX_FILE_BYTES} bytes (1 MiB); "
+                "a matrix file is a few hundred lines, trim it or split it into several",
+            )
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise config_error(file, "", "matrix file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise config_error(file, "", f"cannot read the matrix file ({exc.__class__.__name__})") from None
+
+
+def _check_project(doc: _Doc, project: Path) -> None:
+    """Refuse a project folder that is a system folder or the home folder: its files would all be shipped."""
+    try:
+        home: Path | None = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):
+        home = None
+    exact = {Path(f).resolve() for f in SYSTEM_FOLDERS}
+    trees = [Path(t).resolve() for t in SYSTEM_TREES]
+    if project == home and project not in exact:
+        raise doc.error("project", f"{str(project)!r} is your home folder; point project at the project's own folder")
+    if project in exact or any(project == t or t in project.parents for t in trees):
+        raise doc.error("project", f"{str(project)!r} is a system folder; point project at the project's own folder")
+
+
+def _workdir(doc: _Doc, project: Path, value: Any) -> str:
+    """tests.workdir: a folder of the project, as a posix path relative to it ("" = the project root)."""
+    key = "tests.workdir"
+    text = _plain(doc, key, _str(doc, key, value))
+    parts = PurePosixPath(text).parts
+    if PurePosixPath(text).is_absolute() or Path(text).is_absolute() or ".." in parts or "\\" in text:
+        raise doc.error(key, f"{text!r} must be a folder inside the project, relative to it (no '/...', no '..')")
+    rel = "/".join(p for p in parts if p != ".")
+    if not rel:
+        return ""
+    folder = project / rel
+    if not folder.is_dir():
+        raise doc.error(key, f"{rel!r} is not a folder of the project {str(project)!r}; create it or fix the path")
+    try:
+        folder.resolve().relative_to(project)
+    except ValueError:
+        raise doc.error(key, f"{rel!r} leads out of the project (a symlink); give a folder inside it") from None
+    return rel
+
+
+def _user(doc: _Doc, key: str, value: Any) -> str:
+    """tests.user: "auto", "root", "UID" or "UID:GID"."""
+    text = _str(doc, key, value).strip()
+    m = USER.match(text)
+    if text in ("auto", "root") or (m and all(int(g) < 2**32 - 1 for g in m.groups() if g is not None)):
+        return text
+    raise doc.error(
+        key, f"{text!r} is not a user; write auto (a non-root user where the image allows), root, UID or UID:GID"
+    )
+
+
+def _size(doc: _Doc, key: str, value: Any, minimum: int) -> int:
+    """A memory-size string such as '64m' -> bytes, at least ``minimum``."""
+    text = _str(doc, key, value)
+    if not MEMORY.match(text):
+        raise doc.error(key, f"{text!r} is not a size; write e.g. '64m' or '1g'")
+    size = parse_memory(text) or 0
+    if size < minimum:
+        raise doc.error(key, f"{text!r} is below the minimum of {minimum // MiB}m; write e.g. '64m'")
+    return size
 
 
 def _host_path_option(doc: _Doc, key: str, value: Any) -> str:

@@ -10,14 +10,17 @@ The semantics, as GitHub documents them:
 from __future__ import annotations
 
 import itertools
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from runner.config import DEFAULT_BASE, MatrixFile, parse_memory
+from runner.config import DEFAULT_BASE, MatrixFile, one_line, parse_memory
 from runner.errors import UserError
 
 TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+
+MAX_CELLS = 10_000  # cells of one matrix, counted before anything is expanded (the product plus the includes)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Resources:
     cpus: float = 1.0
     memory: int | None = None  # bytes
     gpus: float = 0.0
+    pids: int = 4096  # the container's pids limit
 
 
 @dataclass(frozen=True)
@@ -46,27 +50,77 @@ class Cell:
         return dict(self.values)
 
 
-def combinations(mf: MatrixFile) -> list[dict[str, str]]:
-    """The matrix combinations, in GitHub Actions order, as plain dicts."""
-    names = [name for name, _ in mf.axes]
+HUGE = 10**15  # a bound above this is not computed exactly (thousands of axes would make a huge integer)
+
+
+def _log_product(mf: MatrixFile, axes: Sequence[tuple[str, Sequence[str]]] | None) -> float:
+    lengths = [len(values) for _, values in (mf.axes if axes is None else axes)]
+    return -math.inf if not lengths or not all(lengths) else math.fsum(math.log10(n) for n in lengths)
+
+
+def size_bound(mf: MatrixFile, axes: Sequence[tuple[str, Sequence[str]]] | None = None) -> int:
+    """The most cells the matrix can make: the product of the axes plus the includes, from the lengths alone.
+
+    ``axes`` replaces the file's axes (narrowed by ``--select``); a bound over HUGE is given as HUGE.
+    """
+    magnitude = _log_product(mf, axes)
+    if magnitude > math.log10(HUGE):
+        return HUGE + len(mf.include)
+    product = (
+        0 if magnitude == -math.inf else math.prod(len(values) for _, values in (mf.axes if axes is None else axes))
+    )
+    return min(product, HUGE) + len(mf.include)
+
+
+def check_size(mf: MatrixFile, axes: Sequence[tuple[str, Sequence[str]]] | None = None) -> int:
+    """``size_bound``, refused over MAX_CELLS: checked before anything is expanded, so millions fail at once."""
+    bound = size_bound(mf, axes)
+    if bound > MAX_CELLS:
+        count = str(bound) if bound < HUGE else f"about 10^{int(_log_product(mf, axes))}"
+        raise mf.error(
+            "matrix",
+            f"{count} combinations is over the cap of {MAX_CELLS} cells; "
+            "split the matrix into several files or narrow it with --select AXIS=VALUE",
+        )
+    return bound
+
+
+def combinations(mf: MatrixFile, narrow: Mapping[str, set[str]] | None = None) -> list[dict[str, str]]:
+    """The matrix combinations, in GitHub Actions order, as plain dicts.
+
+    ``narrow`` (``--select``) keeps only the listed values of the axes it names before the product is taken;
+    the caller still filters the result by it (an include may add a cell with other values).
+    """
+    narrow = narrow or {}
+    axes = [(name, [v for v in values if name not in narrow or v in narrow[name]]) for name, values in mf.axes]
+    check_size(mf, axes)
+    names = [name for name, _ in axes]
     if names:
-        product = [dict(zip(names, vals, strict=True)) for vals in itertools.product(*(v for _, v in mf.axes))]
+        product = [dict(zip(names, vals, strict=True)) for vals in itertools.product(*(v for _, v in axes))]
     else:
         product = []
     for entry in mf.exclude:
         ex = dict(entry)
         product = [c for c in product if any(c.get(k) != v for k, v in ex.items())]
-    original = set(names)
     combos: list[dict[str, str]] = [dict(c) for c in product]
     extra: list[dict[str, str]] = []
+    seen_extra: set[frozenset[tuple[str, str]]] = set()
+    # combinations by their values of some original axes, built once per set of axes an include names
+    index: dict[tuple[str, ...], dict[tuple[str, ...], list[int]]] = {}
     for entry in mf.include:
         inc = dict(entry)
-        matched = False
-        for combo, orig in zip(combos, product, strict=True):
-            if all(orig[k] == v for k, v in inc.items() if k in original):
-                combo.update(inc)
-                matched = True
-        if not matched and inc not in extra:
+        keys = tuple(k for k in names if k in inc)
+        if keys not in index:
+            by_values: dict[tuple[str, ...], list[int]] = {}
+            for i, orig in enumerate(product):
+                by_values.setdefault(tuple(orig[k] for k in keys), []).append(i)
+            index[keys] = by_values
+        matches = index[keys].get(tuple(inc[k] for k in keys), [])
+        for i in matches:
+            combos[i].update(inc)
+        frozen = frozenset(inc.items())
+        if not matches and frozen not in seen_extra:
+            seen_extra.add(frozen)
             extra.append(inc)
     return combos + extra
 
@@ -133,6 +187,7 @@ def build_cell(mf: MatrixFile, values: dict[str, str], cid: str) -> Cell:
             cpus=_number(mf, "resources.cpus", _render(mf, "resources.cpus", res.cpus, values, cid)),
             memory=memory,
             gpus=_number(mf, "resources.gpus", _render(mf, "resources.gpus", res.gpus, values, cid)),
+            pids=res.pids,
         ),
     )
 
@@ -149,17 +204,28 @@ def parse_selectors(selectors: Sequence[str]) -> dict[str, set[str]]:
 
 
 def expand(mf: MatrixFile, select: Sequence[str] = ()) -> list[Cell]:
-    """All cells of the matrix, filtered by ``--select`` (same axis: any of; different axes: all of)."""
-    combos = combinations(mf)
-    if not combos:
-        raise mf.error("matrix", "exclude removes every combination; nothing is left to run")
+    """All cells of the matrix, filtered by ``--select`` (same axis: any of; different axes: all of).
+
+    A selection on an original axis narrows that axis before the product is taken (the same cells as filtering
+    the whole matrix: an include never changes an original axis's value), so ``--select`` brings a matrix over
+    MAX_CELLS under it.
+    """
     wanted = parse_selectors(select)
-    known = {k for c in combos for k in c}
+    names = {name for name, _ in mf.axes}
+    if not wanted or size_bound(mf) <= MAX_CELLS:
+        full: list[dict[str, str]] | None = combinations(mf)
+        if not full:
+            raise mf.error("matrix", "exclude removes every combination; nothing is left to run")
+        known = {k for c in full for k in c}
+    else:  # the whole matrix is over the cap: only the selected part is expanded
+        full = None
+        known = names | {k for entry in mf.include for k, _ in entry}
     for key in wanted:
         if key not in known:
             raise UserError(
-                f"--select {key}=...: '{key}' is not an axis of {mf.path}; axes: {', '.join(sorted(known))}"
+                one_line(f"--select {key}=...: '{key}' is not an axis of {mf.path}; axes: {', '.join(sorted(known))}")
             )
+    combos = full if full is not None else combinations(mf, {k: v for k, v in wanted.items() if k in names})
     cells: list[Cell] = []
     seen: dict[str, int] = {}
     for values in combos:
@@ -173,5 +239,7 @@ def expand(mf: MatrixFile, select: Sequence[str] = ()) -> list[Cell]:
             seen[cid] = 1
         cells.append(build_cell(mf, values, cid))
     if not cells:
-        raise UserError(f"--select {' '.join(select)} matches no cell of {mf.path}; see 'matrix-run list {mf.path}'")
+        raise UserError(
+            one_line(f"--select {' '.join(select)} matches no cell of {mf.path}; see 'matrix-run list {mf.path}'")
+        )
     return cells

@@ -57,7 +57,11 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert mf.image.bootstrap is None
     assert mf.tests.command == ("python", "-m", "pytest")
     assert mf.tests.shards == 1
-    assert mf.retries == config.RetriesConfig(flaky=0, infra=2)
+    assert mf.tests.workdir == ""
+    assert mf.tests.user == "auto"
+    assert mf.tests.output_limit == 64 * 1024**2
+    assert mf.retries == config.RetriesConfig(flaky=2, infra=2)
+    assert mf.resources.pids == 4096
     assert mf.strategy.fail_fast is True
     assert mf.coverage.enabled is False
     assert mf.include == ()
@@ -427,6 +431,97 @@ BAD_FILES = [
         id="network-host",
     ),
     pytest.param("- just\n- a list\n", "", 1, ["must be a YAML mapping", "'matrix' key"], id="not-a-mapping"),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  workdir: /abs\n",
+        "tests.workdir",
+        3,
+        ["'/abs' must be a folder inside the project", "no '..'"],
+        id="workdir-absolute",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  workdir: sub/../..\n",
+        "tests.workdir",
+        3,
+        ["'sub/../..' must be a folder inside the project"],
+        id="workdir-dotdot",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  workdir: nowhere\n",
+        "tests.workdir",
+        3,
+        ["'nowhere' is not a folder of the project", "create it or fix the path"],
+        id="workdir-missing",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  workdir: [a]\n",
+        "tests.workdir",
+        3,
+        ["must be a string (got list)"],
+        id="workdir-not-a-string",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  user: nobody\n",
+        "tests.user",
+        3,
+        ["'nobody' is not a user", "write auto", "root, UID or UID:GID"],
+        id="user-name",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  user: '1000:'\n",
+        "tests.user",
+        3,
+        ["'1000:' is not a user"],
+        id="user-trailing-colon",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  user: -1\n",
+        "tests.user",
+        3,
+        ["'-1' is not a user"],
+        id="user-negative",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  user: 99999999999\n",
+        "tests.user",
+        3,
+        ["'99999999999' is not a user"],
+        id="user-too-big",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  output-limit: lots\n",
+        "tests.output-limit",
+        3,
+        ["'lots' is not a size", "write e.g. '64m'"],
+        id="output-limit-not-a-size",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\ntests:\n  output-limit: 512k\n",
+        "tests.output-limit",
+        3,
+        ["'512k' is below the minimum of 1m"],
+        id="output-limit-too-small",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nresources:\n  pids: 15\n",
+        "resources.pids",
+        3,
+        ["must be >= 16 (got 15)"],
+        id="pids-too-few",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nresources:\n  pids: many\n",
+        "resources.pids",
+        3,
+        ["must be an integer >= 16", "'many'"],
+        id="pids-not-an-int",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nresources:\n  pids: '{pids}'\n",
+        "resources.pids",
+        3,
+        ["must be an integer >= 16"],
+        id="pids-template",
+    ),
 ]
 
 
@@ -501,3 +596,248 @@ def test_cli_list_prints_the_cells_of_a_good_file(capsys: pytest.CaptureFixture[
         "python-3.11_numpy-2.2.6_debian-bookworm",
         "python-3.13_numpy-2.2.6_debian-trixie",
     ]
+
+
+# --- control characters: never meant in a path, an argument or a variable ---------------------------------------
+
+CONTROL_KEYS = [
+    ("tests:\n  paths: [{v}]\n", "tests.paths[0]"),
+    ("tests:\n  command: [python, {v}]\n", "tests.command[1]"),
+    ("tests:\n  args: [-q, {v}]\n", "tests.args[1]"),
+    ("tests:\n  env: {{NAME: {v}}}\n", "tests.env.NAME"),
+    ("tests:\n  pass-env: [{v}]\n", "tests.pass-env[0]"),
+    ("tests:\n  workdir: {v}\n", "tests.workdir"),
+    ("image:\n  install: [numpy, {v}]\n", "image.install[1]"),
+    ("image:\n  pip-args: [{v}]\n", "image.pip-args[0]"),
+]
+CONTROLS = [("\\0", "U+0000"), ("\\n", "U+000A"), ("\\t", "U+0009"), ("\\e", "U+001B"), ("\\x7f", "U+007F")]
+
+
+@pytest.mark.parametrize(("section", "key"), CONTROL_KEYS, ids=[k for _, k in CONTROL_KEYS])
+@pytest.mark.parametrize(("escape", "code"), CONTROLS, ids=[c for _, c in CONTROLS])
+def test_control_character_is_one_line_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, escape: str, code: str
+) -> None:
+    (tmp_path / "tests").mkdir()
+    value = f'"tests{escape}x"'  # a YAML escape in a double-quoted string: the only way to write most of them
+    path = write(tmp_path, "matrix:\n  python: ['3.11']\n" + section.format(v=value), name="ci.yaml")
+
+    exit_code = cli.main(["list", str(path)])
+
+    out, err = capsys.readouterr()
+    assert exit_code == 4
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert f"{path}:4: {key}: " in lines[0]
+    assert f"contains the control character {code}; remove it" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_control_character_in_an_env_name_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'matrix: {python: ["3.11"]}\ntests:\n  env: {"A\\0B": x}\n')
+
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+
+    assert str(info.value) == (
+        f"{path}:3: tests.env.A\\x00B: 'A\\x00B' contains the control character U+0000; remove it (write plain text)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "piece"),
+    [
+        ('matrix: {python: ["3.11"]}\ntests: {"sh\\nard": 2}\n', "tests.sh\\nard: unknown key 'sh\\nard'"),
+        ('matrix: {"py\\nthon": ["3.11"]}\n', "matrix.py\\nthon: axis name 'py\\nthon' must be"),
+        ('matrix: {python: ["3.11"]}\nname: "a\\nb"\n', "name: 'a\\nb' must be letters"),
+        ('matrix: {python: ["3.11"]}\nimage: {dockerfile: "no\\nfile"}\n', "image.dockerfile: "),
+    ],
+    ids=["key", "axis-name", "name", "dockerfile"],
+)
+def test_a_newline_anywhere_in_a_problem_stays_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, piece: str
+) -> None:
+    path = write(tmp_path, text)
+
+    code = cli.main(["list", str(path)])
+
+    err = capsys.readouterr().err
+    assert code == 4
+    assert len(err.splitlines()) == 1, err
+    assert piece in err, err
+
+
+def test_a_newline_in_the_file_name_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["list", str(tmp_path / "no\nsuch.yaml")])
+
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.splitlines() == [f"matrix-run: error: {tmp_path}/no\\nsuch.yaml: matrix file not found; check the path"]
+
+
+def test_plain_values_and_unicode_pass(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        matrix: {python: ["3.11"]}
+        image: {install: ["numpy>=2; python_version > '3.9'"], pip-args: ["--index-url", "https://x/simple"]}
+        tests: {paths: ["tests/tëst dir"], args: ["-k", "not slow"], env: {MSG: "héllo wörld ✓"}, pass-env: [HOME]}
+        """,
+    )
+
+    mf = config.load(path)
+
+    assert mf.tests.paths == ("tests/tëst dir",)
+    assert mf.tests.env == (("MSG", "héllo wörld ✓"),)
+
+
+# --- new keys: tests.workdir, tests.user, tests.output-limit, resources.pids; retries.flaky defaults to 2 ------
+
+
+def test_workdir_is_a_project_folder_and_paths_are_relative_to_it(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "core" / "tests").mkdir(parents=True)
+    (tmp_path / "shared-tests").mkdir()
+    path = write(
+        tmp_path,
+        """\
+        matrix: {python: ["3.11"]}
+        tests:
+          workdir: ./pkg/core/
+          paths: [tests, ../../shared-tests]
+        """,
+    )
+
+    mf = config.load(path)
+
+    assert mf.tests.workdir == "pkg/core"
+    assert mf.tests.paths == ("tests", "../../shared-tests")  # inside the project once joined with the workdir
+
+
+@pytest.mark.parametrize("value", ["''", ".", "./"])
+def test_workdir_root_is_the_empty_string(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f'matrix: {{python: ["3.11"]}}\ntests: {{workdir: {value}}}\n')
+
+    assert config.load(path).tests.workdir == ""
+
+
+def test_test_paths_must_stay_inside_the_project_when_joined_with_the_workdir(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    path = write(tmp_path, 'matrix: {python: ["3.11"]}\ntests:\n  workdir: pkg\n  paths: [../../elsewhere]\n')
+
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+
+    assert str(info.value) == (
+        f"{path}:4: tests.paths[0]: '../../elsewhere' must be a path inside the project "
+        "(paths are relative to tests.workdir 'pkg')"
+    )
+
+
+def test_workdir_must_be_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    path = write(tmp_path, 'matrix: {python: ["3.11"]}\ntests: {workdir: afile}\n')
+
+    with pytest.raises(ConfigError, match=r":2: tests\.workdir: 'afile' is not a folder of the project"):
+        config.load(path)
+
+
+def test_workdir_symlink_out_of_the_project_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "proj" / "link").symlink_to(tmp_path / "outside")
+    path = write(tmp_path / "proj", 'matrix: {python: ["3.11"]}\ntests: {workdir: link}\n')
+
+    with pytest.raises(ConfigError, match=r":2: tests\.workdir: 'link' leads out of the project"):
+        config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("root", "root"), ("1000", "1000"), ("'1000:1000'", "1000:1000"), ("1000:59", "1000:59")],
+)
+def test_tests_user(tmp_path: Path, value: str, expected: str) -> None:
+    # 1000:59 is a YAML 1.1 base-60 integer (60059): the text as written is kept
+    path = write(tmp_path, f'matrix: {{python: ["3.11"]}}\ntests: {{user: {value}}}\n')
+
+    assert config.load(path).tests.user == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("128m", 128 * 1024**2), ("1g", 1024**3), ("1048576", 1024**2)])
+def test_tests_output_limit_is_bytes(tmp_path: Path, value: str, expected: int) -> None:
+    path = write(tmp_path, f'matrix: {{python: ["3.11"]}}\ntests: {{output-limit: {value}}}\n')
+
+    assert config.load(path).tests.output_limit == expected
+
+
+def test_resources_pids(tmp_path: Path) -> None:
+    path = write(tmp_path, 'matrix: {python: ["3.11"]}\nresources: {pids: 16}\n')
+
+    assert config.load(path).resources == config.ResourcesConfig(pids=16)
+
+
+def test_retries_flaky_defaults_to_two_and_may_be_zero(tmp_path: Path) -> None:
+    assert config.RetriesConfig().flaky == 2
+    assert config.load(write(tmp_path, 'matrix: {python: ["3.11"]}\nretries: {infra: 1}\n')).retries == (
+        config.RetriesConfig(flaky=2, infra=1)
+    )
+    assert config.load(write(tmp_path, 'matrix: {python: ["3.11"]}\nretries: {flaky: 0}\n')).retries.flaky == 0
+
+
+def test_new_keys_are_known_keys() -> None:
+    assert {"workdir", "user", "output-limit"} <= set(config.TESTS_KEYS)
+    assert "pids" in config.RESOURCES_KEYS
+
+
+# --- YAML aliases: each node is walked once; values reached through an alias keep their text -------------------
+
+
+def test_values_through_an_alias_keep_their_text(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        matrix:
+          python: &py [3.10, 3.9]
+          again: *py
+          include:
+            - {python: 3.10, extra: &x 1.20}
+            - {python: 3.9, extra: *x}
+        """,
+    )
+
+    mf = config.load(path)
+
+    assert dict(mf.axes) == {"python": ("3.10", "3.9"), "again": ("3.10", "3.9")}
+    assert mf.include == ((("python", "3.10"), ("extra", "1.20")), (("python", "3.9"), ("extra", "1.20")))
+
+
+def test_problem_below_an_alias_names_the_key_used_and_the_line_written(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        matrix: {python: ["3.11"]}
+        coverage:
+          source: &src
+            - mypkg
+            - [nested]
+        tests:
+          args: *src
+        """,
+    )
+
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+
+    assert str(info.value) == f"{path}:5: tests.args[1]: must be a string (got list)"
+
+
+def test_key_lines_map_keys_below_an_alias_onto_the_anchor() -> None:
+    lines = config.KeyLines()
+    lines.update({"a": 1, "a[0]": 2, "a[0].k": 3, "b": 7})
+    lines.aliased.update({"b": "a", "c.d": "b"})
+
+    assert lines.real("b[0].k") == "a[0].k"
+    assert lines.real("c.d[0]") == "a[0]"  # an alias of an alias
+    assert lines.find("b") == 7  # the key that uses the alias has its own line
+    assert lines.find("b[0].k") == 3
+    assert lines.find("zz") is None

@@ -424,3 +424,142 @@ def test_default_base_needs_a_python_axis(tmp_path: Path) -> None:
         ConfigError, match=r"image\.base: '\{python\}' is not an axis of cell fruit-apple; axes there: fruit"
     ):
         matrix.expand(mf)
+
+
+# --- resources.pids, the cell cap, --select before the product, aliases ---------------------------------------------
+
+
+def test_pids_reach_the_cell_resources(tmp_path: Path) -> None:
+    (default,) = matrix.expand(load(tmp_path, "matrix: {python: ['3.11']}\n"))
+    (set_,) = matrix.expand(load(tmp_path, "matrix: {python: ['3.11']}\nresources: {pids: 256}\n"))
+
+    assert default.resources.pids == 4096
+    assert set_.resources == matrix.Resources(pids=256)
+    assert matrix.Resources().pids == 4096
+
+
+def test_size_bound_is_the_product_plus_the_includes(tmp_path: Path) -> None:
+    mf = load(
+        tmp_path,
+        """\
+        matrix:
+          a: [1, 2, 3]
+          b: [x, y]
+          exclude: [{a: 1}]
+          include: [{a: 1, c: z}, {c: w}]
+        image: {base: img}
+        """,
+    )
+
+    assert matrix.size_bound(mf) == 3 * 2 + 2
+    assert matrix.size_bound(mf, [("a", ["1"]), ("b", ["x", "y"])]) == 2 + 2
+    assert matrix.check_size(mf) == 8
+
+
+def test_cell_cap_names_the_matrix_key_and_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(matrix, "MAX_CELLS", 5)
+    mf = load(tmp_path, "name: x\nmatrix:\n  a: [1, 2, 3]\n  b: [x, y]\nimage: {base: img}\n")
+
+    with pytest.raises(ConfigError) as info:
+        matrix.expand(mf)
+
+    assert str(info.value) == (
+        f"{mf.path}:3: matrix: 6 combinations is over the cap of 5 cells; "
+        "split the matrix into several files or narrow it with --select AXIS=VALUE"
+    )
+
+
+TRICKY = """\
+matrix:
+  python: ['3.9', '3.11', '3.13']
+  numpy: ['1.26', '2.2']
+  os: [linux, mac]
+  exclude:
+    - {python: '3.9', numpy: '2.2'}
+    - {os: mac, numpy: '1.26'}
+  include:
+    - {python: '3.13', debian: trixie}
+    - {python: '3.9', numpy: '2.2', extra: gone}
+    - {os: windows, python: '3.11'}
+    - {debian: any}
+    - {numpy: '2.2', debian: pinned}
+    - {os: linux, extra: 'y'}
+    - {os: windows, python: '3.11'}
+image: {base: img}
+"""
+
+SELECTIONS = [
+    ["python=3.9"],
+    ["python=3.11"],
+    ["python=3.9", "python=3.13"],
+    ["numpy=2.2"],
+    ["os=windows"],
+    ["os=mac", "python=3.13"],
+    ["debian=pinned"],
+    ["extra=gone"],
+    ["extra=y", "numpy=1.26"],
+    ["python=3.12"],
+]
+
+
+@pytest.mark.parametrize("select", SELECTIONS, ids=[" ".join(s) for s in SELECTIONS])
+def test_narrowing_by_select_before_the_product_gives_the_same_cells(tmp_path: Path, select: list[str]) -> None:
+    mf = load(tmp_path, TRICKY)
+    wanted = matrix.parse_selectors(select)
+
+    def chosen(combos: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [c for c in combos if all(c.get(k) in vs for k, vs in wanted.items())]
+
+    narrow = {k: v for k, v in wanted.items() if k in dict(mf.axes)}
+    assert chosen(matrix.combinations(mf, narrow)) == chosen(matrix.combinations(mf))
+
+
+@pytest.mark.parametrize("select", SELECTIONS[:-1], ids=[" ".join(s) for s in SELECTIONS[:-1]])
+def test_expand_over_the_cap_with_select_gives_the_same_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, select: list[str]
+) -> None:
+    mf = load(tmp_path, TRICKY)
+    whole = [(c.id, c.values) for c in matrix.expand(mf, select)]
+    monkeypatch.setattr(matrix, "MAX_CELLS", matrix.size_bound(mf) - 1)  # the whole matrix is now over the cap
+    with pytest.raises(ConfigError, match="over the cap"):
+        matrix.expand(mf)
+
+    wanted = matrix.parse_selectors(select)
+    narrowed_axes = [(k, [v for v in vs if k not in wanted or v in wanted[k]]) for k, vs in mf.axes]
+
+    if matrix.size_bound(mf, narrowed_axes) <= matrix.MAX_CELLS:  # a selection on an axis narrows the product
+        assert [(c.id, c.values) for c in matrix.expand(mf, select)] == whole
+    else:  # on include keys only: nothing to narrow, still over the cap
+        assert all(k not in dict(mf.axes) for k in wanted)
+        with pytest.raises(ConfigError, match="over the cap"):
+            matrix.expand(mf, select)
+
+
+def test_select_over_the_cap_still_checks_the_axis_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mf = load(tmp_path, TRICKY)
+    monkeypatch.setattr(matrix, "MAX_CELLS", 8)  # the whole matrix: 12 combinations and 7 includes
+
+    with pytest.raises(UserError, match=r"'pyton' is not an axis of .*axes: debian, extra, numpy, os, python"):
+        matrix.expand(mf, ["pyton=3.9"])
+    with pytest.raises(UserError, match=r"--select python=3\.12 matches no cell"):
+        matrix.expand(mf, ["python=3.12"])
+
+
+def test_template_error_below_an_alias_gives_the_anchors_line(tmp_path: Path) -> None:
+    mf = load(
+        tmp_path,
+        """\
+        matrix: {python: ['3.11']}
+        tests:
+          args: &a
+            - "-q"
+            - "{nope}"
+        image:
+          install: *a
+        """,
+    )
+
+    with pytest.raises(ConfigError) as info:
+        matrix.expand(mf)
+
+    assert str(info.value).startswith(f"{mf.path}:5: image.install[1]: '{{nope}}' is not an axis of cell python-3.11")
