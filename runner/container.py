@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
+import secrets
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import engine, images
+from runner import engine, images, outputs, workspace
 from runner.config import CoverageConfig
 from runner.images import ImageSpec
 from runner.matrix import Resources
@@ -55,6 +54,11 @@ class ShardRequest:
     install_project: bool = True
     source_digest: str = ""
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
+    workdir: str = ""  # tests.workdir: the folder the command runs in, relative to the project
+    user: str = "auto"  # tests.user: "auto" (the unprivileged test user), "root", or "UID[:GID]"
+    output_limit: int = outputs.DEFAULT_LIMIT  # bytes per output file read back (tests.output-limit)
+    owner: str = ""  # the coordinator process that owns this run (workspace.owner_token), as a label
+    job: str = ""  # the coordinator's Ray job (GCS-ADDRESS/JOB-ID): how a node on another host tells it is gone
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,6 @@ class ShardOutcome:
     shard: str
     attempt: int
     exit_code: int | None  # None when the container never ran to an exit
-    junit: bytes = b""
     report: bytes = b""  # the plugin's JSON lines
     log: bytes = b""
     coverage: bytes = b""  # coverage data file, when coverage is on
@@ -74,6 +77,7 @@ class ShardOutcome:
     node: str = ""  # host name
     node_id: str = ""  # Ray node id, so an infra rerun can go elsewhere
     gpu_ids: tuple[str, ...] = ()
+    output_problem: str = ""  # an output file that was there but could not be trusted (a link, a FIFO, too big)
 
 
 SECRET_MARKS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE", "SESSION")
@@ -84,11 +88,68 @@ def is_secret(name: str) -> bool:
     return any(mark in name.upper() for mark in SECRET_MARKS)
 
 
+def secret_forms(value: str) -> list[bytes]:
+    """Every form a secret value can take in what a shard writes: as is (UTF-8), XML-escaped (JUnit; with and
+    without quote escapes, and with non-ASCII as character references), JSON-escaped (the plugin's records, with
+    and without ``ensure_ascii``), and Python's repr (assertion rewrites, tracebacks)."""
+    import html
+    import json
+
+    forms = {
+        value,
+        html.escape(value, quote=False),
+        html.escape(value, quote=True),
+        html.escape(value, quote=True).replace("&#x27;", "&apos;"),
+        value.encode("ascii", "xmlcharrefreplace").decode(),
+        html.escape(value).encode("ascii", "xmlcharrefreplace").decode(),
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value)[1:-1],
+        ascii(value)[1:-1],
+    }
+    # longest first, so that a form containing another is replaced whole
+    return sorted({f.encode() for f in forms if f}, key=len, reverse=True)
+
+
+def _mask_strings(value: object, forms: list[str]) -> object:
+    if isinstance(value, str):
+        for form in forms:
+            value = value.replace(form, "***")
+        return value
+    if isinstance(value, list):
+        return [_mask_strings(v, forms) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask_strings(v, forms) for k, v in value.items()}
+    return value
+
+
+def mask_report(data: bytes, env: tuple[tuple[str, str], ...]) -> bytes:
+    """``mask_secrets`` for the plugin's JSON lines: each record's strings are masked once decoded, so that a form
+    of a secret escaped again by the record's own JSON (a test that printed ``json.dumps(token)``) is caught too."""
+    import json
+
+    values = [value for name, value in env if is_secret(name) and len(value) >= 4]
+    if not values:
+        return data
+    forms = sorted({f.decode() for v in values for f in secret_forms(v)}, key=len, reverse=True)
+    lines = []
+    for line in data.split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:  # not a record (cut by a kill, or written by the tests): masked as bytes
+            lines.append(mask_secrets(line, env))
+            continue
+        lines.append(mask_secrets(json.dumps(_mask_strings(record, forms)).encode(), env))
+    return b"\n".join(lines)
+
+
 def mask_secrets(data: bytes, env: tuple[tuple[str, str], ...]) -> bytes:
-    """Replace the values of secret-named variables by *** in output that will be stored or shown."""
+    """Replace the values of secret-named variables, in each of their escaped forms, by *** in output that will
+    be stored or shown."""
     for name, value in env:
         if is_secret(name) and len(value) >= 4:
-            data = data.replace(value.encode(), b"***")
+            for form in secret_forms(value):
+                data = data.replace(form, b"***")
     return data
 
 
@@ -99,7 +160,33 @@ def labels_for(req: ShardRequest) -> dict[str, str]:
         engine.LABEL_SHARD: req.shard,
         engine.LABEL_ATTEMPT: str(req.attempt),
         engine.LABEL_ROLE: "shard",
+        engine.LABEL_OWNER: req.owner,
+        engine.LABEL_JOB: req.job,
     }
+
+
+# What a test suite may do as root (tests.user: root): Docker's defaults less raw sockets, device nodes, file
+# capabilities, chroot and audit writes. The unprivileged test user (the default) has no capabilities at all.
+ROOT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE")
+DEFAULT_MEMORY_FLOOR = 1024**3  # bytes: the least a shard gets when resources.memory is not set
+
+
+def default_memory(cpus: float) -> int:
+    """resources.memory unset: the node's memory shared out by CPUs (a shard asking for 1 of 16 CPUs gets 1/16),
+    at least 1 GiB, at most all of it. Read on the node that runs the shard."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    share = int(total * min(1.0, max(cpus, 0.01) / max(os.cpu_count() or 1, 1)))
+    return min(total, max(DEFAULT_MEMORY_FLOOR, share))
+
+
+def container_user(req: ShardRequest) -> str | None:
+    if req.user == "root":
+        return None
+    if req.user == "auto":
+        return f"{images.TEST_UID}:{images.TEST_UID}"
+    return req.user if ":" in req.user else f"{req.user}:{req.user}"
 
 
 def gpu_mode() -> str:
@@ -137,9 +224,16 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
     import docker.types
 
     kwargs: dict[str, object] = {}
-    if req.resources.memory:
-        kwargs["mem_limit"] = req.resources.memory
-        kwargs["memswap_limit"] = req.resources.memory
+    memory = req.resources.memory or default_memory(req.resources.cpus)
+    kwargs["mem_limit"] = memory
+    kwargs["memswap_limit"] = memory
+    user = container_user(req)
+    if user is not None:
+        kwargs["user"] = user
+        kwargs["cap_drop"] = ["ALL"]
+    else:
+        kwargs["cap_drop"] = ["ALL"]
+        kwargs["cap_add"] = list(ROOT_CAPABILITIES)
     if req.resources.cpus:
         kwargs["nano_cpus"] = int(req.resources.cpus * 1e9)
     if gpu_ids and gpu_mode() == "device-request":
@@ -157,15 +251,14 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
         network_mode=req.network,
         detach=True,
         init=True,
+        pids_limit=req.resources.pids,
+        security_opt=["no-new-privileges:true"],
+        # the log is read back whole: keep the newest part of a suite that prints without end
+        log_config=docker.types.LogConfig(
+            type="json-file", config={"max-size": f"{max(1, req.output_limit // (1024 * 1024))}m", "max-file": "1"}
+        ),
         **kwargs,
     )
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
 
 
 def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
@@ -175,7 +268,10 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
 
     started = time.monotonic()
     node = socket.gethostname()
-    work = Path(tempfile.mkdtemp(prefix=f"matrix-run-{req.run_id}-"))
+    # this attempt's private folder, claimed by this process: a sweep removes it once this process is gone
+    attempt_id = f"{req.run_id}.{secrets.token_hex(6)}"
+    work = workspace.work_dir(attempt_id)
+    workspace.claim_run(attempt_id, workspace.owner_token())
     container = None
     exit_code: int | None = None
     timed_out = oom = False
@@ -183,16 +279,28 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
     log = b""
     try:
         client = engine.connect()
-        labels = {engine.LABEL_RUN: req.run_id}
+        labels = {engine.LABEL_RUN: req.run_id, engine.LABEL_OWNER: req.owner}
         tag = images.ensure_cell_image(
-            client, req.image, tarball, req.source_digest, req.install_project, req.roots, labels=labels
+            client,
+            req.image,
+            tarball,
+            req.source_digest,
+            req.install_project,
+            req.roots,
+            labels=labels,
+            workdir=req.workdir,
         ).tag
-        (work / "out").mkdir()
+        (work / "out").mkdir(mode=0o700)
+        user = container_user(req)
+        if user is not None:  # the test user writes its reports here; the folder above stays root's own
+            uid, _, gid = user.partition(":")
+            os.chown(work / "out", int(uid), int(gid or uid))
         (work / "out" / "request.json").write_text(
             json.dumps(
                 {
                     "src": SRC,
                     "out": OUT,
+                    "workdir": req.workdir,
                     "command": list(req.command),
                     "roots": list(req.roots),
                     "select": bool(req.only or req.skip),
@@ -206,7 +314,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         if req.only or req.skip:
             select = {"only": list(req.only), "skip": list(req.skip), "fallback": req.rerun}
             (work / "out" / "select.json").write_text(json.dumps(select))
-        files = {"exclude" if req.complement else "include": list(req.files)}
+        files = {"root": SRC, "exclude" if req.complement else "include": list(req.files)}
         (work / "out" / "files.json").write_text(json.dumps(files))
         _remove_stale(client, req)
         container = _create(client, req, tag, work, gpu_ids)
@@ -235,25 +343,27 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
     finally:
         if container is not None:
             _remove(container)
-        out = work / "out"
-        junit, report, coverage = _read(out / "junit.xml"), _read(out / "report.jsonl"), _read(out / ".coverage")
-        shutil.rmtree(work, ignore_errors=True)
-    junit, report, log = (mask_secrets(b, req.env) for b in (junit, report, log))
+        # what the container left is untrusted: read without following links, regular files only, capped
+        report_out = outputs.read_output(work / "out", "report.jsonl", req.output_limit)
+        coverage_out = outputs.read_output(work / "out", ".coverage", req.output_limit)
+        workspace.release_run(attempt_id)
+    report, log = mask_report(report_out.data, req.env), mask_secrets(log[-req.output_limit :], req.env)
+    problems = [o.problem for o in (report_out, coverage_out) if o.problem]
     return ShardOutcome(
         cell_id=req.cell_id,
         shard=req.shard,
         attempt=req.attempt,
         exit_code=exit_code,
-        junit=junit,
         report=report,
         log=log,
-        coverage=coverage,
+        coverage=coverage_out.data,
         duration=time.monotonic() - started,
         timed_out=timed_out,
         oom_killed=oom,
         infra_error=infra,
         node=node,
         gpu_ids=tuple(gpu_ids),
+        output_problem="; ".join(problems),
     )
 
 
@@ -302,14 +412,47 @@ def remove_run_containers(run_id: str) -> int:
         client = engine.connect(timeout=30)
     except Exception:
         client = None
+    listed: list[dict[str, object]] = []
     if client is not None:
-        for c in client.containers.list(all=True, filters={"label": f"{engine.LABEL_RUN}={run_id}"}):
-            try:
-                c.remove(force=True)
-                removed += 1
-            except docker.errors.APIError:
-                pass
-    for work in Path(tempfile.gettempdir()).glob(f"matrix-run-{run_id}-*"):
-        if work.is_dir() and not work.is_symlink():
-            shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            listed = client.api.containers(all=True, filters={"label": f"{engine.LABEL_RUN}={run_id}"})
+    for c in listed:
+        with contextlib.suppress(docker.errors.APIError):
+            client.api.remove_container(c["Id"], force=True)  # type: ignore[union-attr]
+            removed += 1
+    with contextlib.suppress(Exception):  # a node without its state folder has no attempt folders either
+        workspace.release_runs(f"{run_id}.")
     return removed
+
+
+def sweep_leftovers(gcs: str = "", live_jobs: frozenset[str] = frozenset()) -> tuple[int, int]:
+    """Remove what earlier runs left on this node when their coordinator died (SIGKILL, a lost machine):
+    containers whose owner label names a process of this host that no longer runs, or (``gcs``: swept for a Ray
+    cluster, whose GCS address that is) a coordinator of that cluster on another host whose Ray job is not among
+    ``live_jobs``; and shard work folders whose owning process is gone. Containers of live coordinators, and of
+    coordinators that cannot be judged from here, stay. Returns (containers removed, work folders removed)."""
+    import docker.errors
+
+    removed = 0
+    try:
+        client = engine.connect(timeout=30)
+    except Exception:
+        client = None
+    listed: list[dict[str, object]] = []
+    if client is not None:
+        # the low-level list: docker-py's high-level one inspects each container, and fails on one removed meanwhile
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            listed = client.api.containers(all=True, filters={"label": engine.LABEL_OWNER})
+    for c in listed:
+        labels = c.get("Labels") or {}
+        labels = labels if isinstance(labels, dict) else {}
+        owner, job = str(labels.get(engine.LABEL_OWNER, "")), str(labels.get(engine.LABEL_JOB, ""))
+        alive = workspace.owner_alive(owner) if owner else None
+        if alive is None and gcs and job.startswith(f"{gcs}/"):
+            alive = job.split("/", 1)[1] in live_jobs
+        if alive is False:
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.remove_container(c["Id"], force=True)  # type: ignore[union-attr]
+                removed += 1
+    folders = len(workspace.sweep_dead_runs())
+    return removed, folders

@@ -24,6 +24,8 @@ LABEL_CELL = "matrix-run.cell"
 LABEL_SHARD = "matrix-run.shard"
 LABEL_ATTEMPT = "matrix-run.attempt"
 LABEL_ROLE = "matrix-run.role"
+LABEL_OWNER = "matrix-run.owner"  # host:pid:start time of the coordinator that owns the run
+LABEL_JOB = "matrix-run.job"  # GCS-ADDRESS/JOB-ID: the Ray driver (coordinator) of the run, for other hosts
 
 
 def _transient(exc: BaseException) -> bool:

@@ -3,7 +3,10 @@
 An image holds a cell's dependencies, never the project's code: the project comes from its source tree at run
 time, so a code change rebuilds nothing. The tag is a hash of everything that defines the environment (base
 reference and local base id, Dockerfile text, build args, install lines, pip options, CA bundle, wheelhouse
-listing, and this recipe's version); an unchanged environment is never rebuilt, a changed one always is.
+listing, and this recipe's version); an unchanged environment is never rebuilt, a changed one always is. The
+base image's local id is not part of the tag (it does not exist before a first pull or bootstrap, and a tag must
+not depend on what this host happened to hold): a dependency image records the base id it was built from in a
+label, and is rebuilt in place when the base present on the node has another id (a re-pulled ``python:3.11-slim``).
 
 A build is: [docker build of the user's Dockerfile] -> base -> one provisioning container (venv, pip install with
 the host CA bundle and wheelhouse mounted read-only) -> docker commit. Mounting instead of copying keeps
@@ -21,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +39,9 @@ if TYPE_CHECKING:
     from runner.matrix import Cell
 
 RECIPE_VERSION = "4"  # how dependency images are made
-SOURCE_RECIPE = "2"  # how source layers are made (container_side/prepare.py)
+SOURCE_RECIPE = "3"  # how source layers are made (container_side/prepare.py)
+TEST_UID = 1000  # the unprivileged user shards run as (prepare.py adds it to the source layer)
+LABEL_BASE_ID = "matrix-run.base-id"  # on a dependency image: the id of the base image it was built from
 VENV = "/opt/matrix-run/venv"
 SOURCE_DIR = "/src"
 SOURCE_REPO = "matrix-run/src"
@@ -77,7 +82,6 @@ class ImageSpec:
     ca_bundle: bytes | None = None
     wheelhouse: str | None = None
     wheelhouse_digest: str = ""
-    base_id: str = ""  # the local id of the base image when known, so a re-pulled base rebuilds
 
     @property
     def digest(self) -> str:
@@ -196,11 +200,8 @@ def specs_for(mf: MatrixFile, cells: list[Cell], client: docker.DockerClient | N
     extra: tuple[str, ...] = build_requires(mf.project) if mf.tests.install_project else ()
     if mf.coverage.enabled:
         extra = (*extra, "coverage[toml]")
-    base_ids: dict[str, str] = {}
     out = {}
     for cell in cells:
-        if client is not None and not dockerfile_text and cell.base not in base_ids:
-            base_ids[cell.base] = local_image_id(client, cell.base) or ""
         out[cell.id] = ImageSpec(
             base=cell.base,
             bootstrap=cell.bootstrap,
@@ -214,7 +215,6 @@ def specs_for(mf: MatrixFile, cells: list[Cell], client: docker.DockerClient | N
             ca_bundle=ca,
             wheelhouse=wheelhouse,
             wheelhouse_digest=wh_digest,
-            base_id=base_ids.get(cell.base, ""),
         )
     return out
 
@@ -234,23 +234,23 @@ def local_image_id(client: docker.DockerClient, ref: str) -> str | None:
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-LOCK_DIR = Path(tempfile.gettempdir()) / "matrix-run-locks"
 
 
 @contextlib.contextmanager
 def _lock(key: str) -> Iterator[None]:
-    """One builder per image on this node: a thread lock, then a file lock (Ray workers are processes)."""
+    """One builder per image on this node: a thread lock, then a file lock in this user's private state folder
+    (Ray workers are processes)."""
+    from runner import workspace
+
     with _locks_guard:
         thread_lock = _locks.setdefault(key, threading.Lock())
     with thread_lock:
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        with open(LOCK_DIR / f"{name}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        fd = workspace.open_lock(hashlib.sha256(key.encode()).hexdigest()[:32])
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def bootstrap(client: docker.DockerClient, suite: str, tag: str, log: Path | None = None) -> str:
@@ -296,16 +296,25 @@ def bootstrap(client: docker.DockerClient, suite: str, tag: str, log: Path | Non
     return image_id
 
 
-def ensure_base(client: docker.DockerClient, spec: ImageSpec, log: Path | None) -> str:
+Step = Callable[[str], None]  # told what an image step is doing now ("installing 3 packages")
+
+
+def _no_step(text: str) -> None:
+    pass
+
+
+def ensure_base(client: docker.DockerClient, spec: ImageSpec, log: Path | None, step: Step = _no_step) -> str:
     """The base image reference, present locally: found, pulled, bootstrapped, or built from the Dockerfile."""
     import docker.errors
 
     if spec.dockerfile_text is not None:
+        step("building the Dockerfile")
         return _build_dockerfile(client, spec, log)
     with _lock(f"base:{spec.base}"):
         if local_image_id(client, spec.base):
             return spec.base
         pull_error = ""
+        step(f"pulling {spec.base}")
         try:
             repo, _, tag = spec.base.rpartition(":") if ":" in spec.base.split("/")[-1] else (spec.base, "", "latest")
             client.images.pull(repo, tag=tag)
@@ -313,6 +322,7 @@ def ensure_base(client: docker.DockerClient, spec: ImageSpec, log: Path | None) 
         except docker.errors.APIError as exc:
             pull_error = str(exc.explanation or exc).splitlines()[0][:200]
         if spec.bootstrap:
+            step(f"bootstrapping debian:{spec.bootstrap} (debootstrap)")
             bootstrap(client, spec.bootstrap, spec.base, log.with_suffix(".bootstrap.log") if log else None)
             return spec.base
         raise BuildFailed(
@@ -384,25 +394,49 @@ def _write_log(log: Path | None, text: str) -> None:
 
 
 def ensure(
-    client: docker.DockerClient, spec: ImageSpec, log: Path | None = None, labels: dict[str, str] | None = None
+    client: docker.DockerClient,
+    spec: ImageSpec,
+    log: Path | None = None,
+    labels: dict[str, str] | None = None,
+    step: Step = _no_step,
 ) -> tuple[str, bool]:
     """The spec's image, present locally. Returns (tag, built): built is False when it was already there.
 
     ``labels`` go on the provisioning container, so an interrupted run can find and remove it.
     """
     tag = spec.tag
-    if local_image_id(client, tag):
+    if _current(client, spec):
         return tag, False
     with _lock(tag):
-        if local_image_id(client, tag):
+        if _current(client, spec):
             return tag, False
-        base = ensure_base(client, spec, log)
-        _provision(client, spec, base, tag, log, labels or {})
+        base = ensure_base(client, spec, log, step)
+        count = len([spec.pytest, *spec.extra, *spec.install])
+        step(f"installing {count} package{'s' if count != 1 else ''}")
+        _provision(client, spec, base, tag, log, labels or {}, local_image_id(client, base) or "")
         return tag, True
 
 
-def source_layer_tag(env_tag: str, source_digest: str, install_project: bool, roots: tuple[str, ...] = ()) -> str:
+def _current(client: docker.DockerClient, spec: ImageSpec) -> bool:
+    """The spec's image is here and was built from the base this node holds now (or holds no longer)."""
+    import docker.errors
+
+    try:
+        image = client.images.get(spec.tag)
+    except docker.errors.ImageNotFound:
+        return False
+    built_from = str((image.attrs.get("Config") or {}).get("Labels", {}).get(LABEL_BASE_ID) or "")
+    if spec.dockerfile_text is not None or not built_from:
+        return True
+    now = local_image_id(client, spec.base)
+    return now is None or now == built_from
+
+
+def source_layer_tag(
+    env_tag: str, source_digest: str, install_project: bool, roots: tuple[str, ...] = (), workdir: str = ""
+) -> str:
     key = f"{env_tag}|{source_digest}|{install_project}|{RECIPE_VERSION}|{SOURCE_RECIPE}|{json.dumps(list(roots))}"
+    key += f"|{workdir}"
     return f"{SOURCE_REPO}:{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
 
@@ -415,6 +449,8 @@ def ensure_source_layer(
     log: Path | None = None,
     labels: dict[str, str] | None = None,
     roots: tuple[str, ...] = (),
+    workdir: str = "",
+    step: Step = _no_step,
 ) -> tuple[str, bool]:
     """A thin layer over the cell image: the project unpacked in /src and installed, and its bytecode made (pytest
     collects from ``roots``, the shards' tests.paths, or as configured). Returns (tag, built).
@@ -425,12 +461,13 @@ def ensure_source_layer(
 
     from runner import source
 
-    tag = source_layer_tag(env_tag, source_digest, install_project, roots)
+    tag = source_layer_tag(env_tag, source_digest, install_project, roots, workdir)
     if local_image_id(client, tag):
         return tag, False
     with _lock(tag):
         if local_image_id(client, tag):
             return tag, False
+        step("preparing the source layer (project unpacked, installed, compiled)")
         tar_path = source.node_copy(tarball, source_digest)
         code, tail = _run_and_commit(
             client,
@@ -442,6 +479,7 @@ def ensure_source_layer(
                 SOURCE_DIR,
                 "1" if install_project else "0",
                 json.dumps(list(roots)),
+                workdir,
             ],
             {
                 str(tar_path): {"bind": "/mr/source.tar", "mode": "ro"},
@@ -485,11 +523,13 @@ def ensure_cell_image(
     roots: tuple[str, ...] = (),
     log: Path | None = None,
     labels: dict[str, str] | None = None,
+    workdir: str = "",
+    step: Step = _no_step,
 ) -> CellImage:
     """``ensure`` the dependency image, then ``ensure_source_layer`` over it."""
-    env_tag, env_built = ensure(client, spec, log, labels)
+    env_tag, env_built = ensure(client, spec, log, labels, step)
     tag, layer_built = ensure_source_layer(
-        client, env_tag, tarball, source_digest, install_project, log, labels, roots=roots
+        client, env_tag, tarball, source_digest, install_project, log, labels, roots=roots, workdir=workdir, step=step
     )
     return CellImage(env_tag, tag, env_built, layer_built)
 
@@ -508,7 +548,13 @@ def _prune_source_layers(client: docker.DockerClient, env_tag: str, keep: str) -
 
 
 def _provision(
-    client: docker.DockerClient, spec: ImageSpec, base: str, tag: str, log: Path | None, labels: dict[str, str]
+    client: docker.DockerClient,
+    spec: ImageSpec,
+    base: str,
+    tag: str,
+    log: Path | None,
+    labels: dict[str, str],
+    base_id: str = "",
 ) -> None:
 
     with tempfile.TemporaryDirectory(prefix="matrix-run-provision-") as tmp:
@@ -538,7 +584,12 @@ def _provision(
             environment,
             labels,
             tag,
-            [f"ENV {PATH_ENV}", f"ENV VIRTUAL_ENV={VENV}", f"LABEL {engine.LABEL_ROLE}=env"],
+            [
+                f"ENV {PATH_ENV}",
+                f"ENV VIRTUAL_ENV={VENV}",
+                f"LABEL {engine.LABEL_ROLE}=env",
+                f"LABEL {LABEL_BASE_ID}={base_id}",
+            ],
             log,
         )
         if code != 0:
@@ -570,7 +621,11 @@ def _run_and_commit(
         _write_log(log, text)
         if code == 0:
             repository, _, name = tag.partition(":")
-            container.commit(repository=repository, tag=name, changes=[*changes, f'LABEL {engine.LABEL_RUN}=""'])
+            container.commit(
+                repository=repository,
+                tag=name,
+                changes=[*changes, f'LABEL {engine.LABEL_RUN}=""', f'LABEL {engine.LABEL_OWNER}=""'],
+            )
         return code, "\n".join(text.splitlines()[-25:])
     finally:
         with contextlib.suppress(docker.errors.NotFound):

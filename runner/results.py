@@ -10,15 +10,16 @@ installed, pytest usage/internal error), ``no_tests``.
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from runner.container import SETUP_FAILED, ShardOutcome
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     FLAKY = "flaky"
@@ -70,6 +71,15 @@ class Attempt:
     outcome: ShardOutcome
     wall: float = 0.0  # seconds from submission to the coordinator holding the outcome
     order: list[str] = field(default_factory=list)  # see Report.order
+    rootdir: str = ""  # pytest's rootdir relative to the project: node ids are relative to it
+    session_seconds: float = 0.0  # pytest's session inside the container, start to end (0 when unknown)
+    collect_seconds: float = 0.0  # of which: start to the end of collection
+    file_walls: dict[str, float] = field(default_factory=dict)  # project-relative file -> seconds its tests took
+
+    def project_file(self, nodeid: str) -> str:
+        """The project-relative file of a node id (node ids are relative to pytest's rootdir)."""
+        file = nodeid.split("::", 1)[0]
+        return f"{self.rootdir}/{file}" if self.rootdir else file
 
 
 def parse_junit(data: bytes) -> list[Case]:
@@ -104,62 +114,175 @@ def parse_junit(data: bytes) -> list[Case]:
     return cases
 
 
+TEST_PHASES = frozenset({"setup", "call", "teardown"})
+TEST_OUTCOMES = frozenset({"passed", "failed", "skipped"})
+MAX_NODEID = 10_000  # characters; a longer "node id" is not one pytest made
+LOG_TAIL_LINES = 12
+
+
 @dataclass
 class Report:
+    """What the plugin streamed from inside the container, validated record by record (untrusted data)."""
+
     collected: list[str] = field(default_factory=list)
     order: list[str] = field(default_factory=list)  # the collected files' tests in pytest's order, unselected
     finished: dict[str, dict[str, object]] = field(default_factory=dict)  # nodeid -> merged record
     started: list[str] = field(default_factory=list)
-    junit_names: dict[tuple[str, str], str] = field(default_factory=dict)
-    ended: bool = False
+    collect_errors: dict[str, str] = field(default_factory=dict)  # file node id -> longrepr
+    collect_skips: dict[str, str] = field(default_factory=dict)  # file node id -> reason
+    began: bool = False  # the plugin's start record: pytest ran with matrix-run's plugin
+    ended: bool = False  # the plugin's end record: the pytest session finished
+    rootdir: str = ""  # pytest's rootdir relative to the project ("" = the project root)
+    pytest_version: str = ""
+    bad_records: int = 0  # lines that were not a valid record: skipped and counted
+    start_time: float = 0.0  # wall clock (the container's) of the plugin's start, collection, and end records
+    collected_time: float = 0.0
+    end_time: float = 0.0
+
+
+def _str_field(rec: dict[str, object], key: str, limit: int = 20_000) -> str:
+    value = rec.get(key)
+    return value[-limit:] if isinstance(value, str) else ""
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return 0.0
+    return float(value)
+
+
+def _nodeid(value: object) -> str | None:
+    if isinstance(value, str) and value and len(value) <= MAX_NODEID and "\0" not in value:
+        return value
+    return None
 
 
 def parse_report(data: bytes) -> Report:
-    """The plugin's JSON lines: collected ids, per-test outcomes (possibly cut short by a kill)."""
+    """The plugin's JSON lines: collected ids, per-test outcomes (possibly cut short by a kill).
+
+    The lines come from code that the tests under run can change: every record is checked, and a line that is
+    not a valid record is skipped and counted (``bad_records``), never trusted or fatal.
+    """
     rep = Report()
     phases: dict[str, dict[str, object]] = {}
-    for line in data.splitlines():
+    lines = data.splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
         except ValueError:
-            continue  # a line cut by a kill
-        event = rec.get("event")
-        if event == "collected":
-            rep.collected = list(rec.get("nodeids", []))
-            rep.order = list(rec.get("order") or rep.collected)
-        elif event == "end":
-            rep.ended = True
-        elif event == "test":
-            nodeid = str(rec["nodeid"])
-            rep.junit_names[(str(rec.get("classname", "")), str(rec.get("name", "")))] = nodeid
-            cur = phases.setdefault(nodeid, {"outcome": "passed", "duration": 0.0, "when": "", "file": rec.get("file")})
-            if rec["when"] == "setup":
-                rep.started.append(nodeid)
-            cur["duration"] = float(cur["duration"]) + float(rec.get("duration", 0.0))  # type: ignore[arg-type]
-            outcome = rec.get("outcome")
-            if outcome == "failed":
-                cur["outcome"] = "error" if rec["when"] != "call" else "failed"
-                cur["longrepr"] = rec.get("longrepr", "")
-            elif outcome == "skipped" and cur["outcome"] == "passed":
-                cur["outcome"] = "skipped"
-            if rec["when"] == "teardown":
-                rep.finished[nodeid] = cur
+            if i != len(lines) - 1:  # the last line may be cut by a kill; any other is bad
+                rep.bad_records += 1
+            continue
+        if not isinstance(rec, dict) or not _apply(rep, phases, rec):
+            rep.bad_records += 1
     return rep
 
 
-def _case_from_record(nodeid: str, rec: dict[str, object], classname: str, name: str) -> Case:
+def _apply(rep: Report, phases: dict[str, dict[str, object]], rec: dict[str, object]) -> bool:
+    """Fold one record into the report; False when it is not a valid record."""
+    event = rec.get("event")
+    if event == "start":
+        rep.began = True
+        rep.start_time = _seconds(rec.get("time"))
+        rep.rootdir = _str_field(rec, "rootdir", 1000).strip("/")
+        rep.pytest_version = _str_field(rec, "pytest", 100)
+        return True
+    if event == "end":
+        rep.ended = True
+        rep.end_time = _seconds(rec.get("time"))
+        return True
+    if event == "collected":
+        ids, order = rec.get("nodeids"), rec.get("order")
+        if not isinstance(ids, list) or not all(_nodeid(n) for n in ids):
+            return False
+        rep.collected = [str(n) for n in ids]
+        rep.collected_time = _seconds(rec.get("time"))
+        valid_order = isinstance(order, list) and all(_nodeid(n) for n in order)
+        rep.order = [str(n) for n in order] if valid_order and isinstance(order, list) else list(rep.collected)
+        return True
+    if event in ("collecterror", "collectskip"):
+        nodeid = rec.get("nodeid")
+        if not isinstance(nodeid, str) or len(nodeid) > MAX_NODEID:
+            return False
+        if event == "collecterror":
+            rep.collect_errors[nodeid] = _str_field(rec, "longrepr")
+        else:
+            rep.collect_skips[nodeid] = _str_field(rec, "message", 1000)
+        return True
+    if event != "test":
+        return False
+    nodeid = _nodeid(rec.get("nodeid"))
+    when, outcome = rec.get("when"), rec.get("outcome")
+    if nodeid is None or when not in TEST_PHASES or outcome not in TEST_OUTCOMES:
+        return False
+    file, line = rec.get("file"), rec.get("line")
+    cur = phases.setdefault(
+        nodeid,
+        {
+            "outcome": "passed",
+            "duration": 0.0,
+            "file": file if isinstance(file, str) else None,
+            "line": line if isinstance(line, int) and not isinstance(line, bool) else None,
+            "stop": 0.0,
+        },
+    )
+    phase_seconds = _seconds(rec.get("duration"))
+    stop = _seconds(rec.get("stop"))
+    if when == "setup":
+        rep.started.append(nodeid)
+        cur["begin"] = max(0.0, stop - phase_seconds) if stop else 0.0
+    cur["duration"] = float(cur["duration"]) + phase_seconds  # type: ignore[arg-type]
+    cur["stop"] = stop
+    if outcome == "failed":
+        if cur["outcome"] not in ("failed", "error"):  # the first failure of a test stands
+            cur["outcome"] = "error" if when != "call" else "failed"
+            cur["longrepr"] = _str_field(rec, "longrepr")
+            cur["message"] = _str_field(rec, "message", 1000)
+            cur["output"] = _str_field(rec, "output")
+    elif outcome == "skipped" and cur["outcome"] == "passed":
+        cur["outcome"] = "skipped"
+        cur["message"] = _str_field(rec, "message", 1000)
+    elif rec.get("xfail") and outcome == "passed" and cur["outcome"] == "passed":
+        cur["message"] = _str_field(rec, "message", 1000)  # xpass (not strict): passed
+    if when == "teardown":
+        rep.finished[nodeid] = cur
+    return True
+
+
+def _case_from_record(nodeid: str, rec: dict[str, object]) -> Case:
+    classname, name = junit_names(nodeid)
     status = {"passed": Status.PASSED, "failed": Status.FAILED, "error": Status.ERROR, "skipped": Status.SKIPPED}[
         str(rec["outcome"])
     ]
-    el = ET.Element("testcase", {"classname": classname, "name": name, "time": f"{float(rec['duration']):.3f}"})  # type: ignore[arg-type]
+    seconds = _seconds(rec.get("duration"))
+    el = ET.Element("testcase", {"classname": classname, "name": name, "time": f"{seconds:.3f}"})
     if rec.get("file"):
         el.set("file", str(rec["file"]))
+    if rec.get("line") is not None:
+        el.set("line", str(rec["line"]))
+    message, text = str(rec.get("message") or ""), ""
     if status in (Status.FAILED, Status.ERROR):
-        child = ET.SubElement(el, "failure" if status is Status.FAILED else "error", {"message": "failed"})
-        child.text = str(rec.get("longrepr", ""))
+        text = str(rec.get("longrepr") or "")
+        message = message or ("failed" if status is Status.FAILED else "error")
+        child = ET.SubElement(el, "failure" if status is Status.FAILED else "error", {"message": message})
+        child.text = text
+        if rec.get("output"):
+            ET.SubElement(el, "system-out").text = str(rec["output"])
     elif status is Status.SKIPPED:
-        ET.SubElement(el, "skipped", {"message": "skipped"})
-    return Case(classname, name, status, float(rec["duration"]), el, nodeid)  # type: ignore[arg-type]
+        message = message or "skipped"
+        ET.SubElement(el, "skipped", {"message": message, "type": "pytest.skip"})
+    return Case(classname, name, status, seconds, el, nodeid, message, text)
+
+
+def _collect_case(nodeid: str, status: Status, message: str, text: str = "") -> Case:
+    """A file that failed to import (error) or was skipped whole at import (skipped), as pytest's JUnit has it."""
+    classname, name = junit_names(nodeid)
+    el = ET.Element("testcase", {"classname": classname, "name": name, "time": "0.000"})
+    child = ET.SubElement(el, "error" if status is Status.ERROR else "skipped", {"message": message})
+    child.text = text
+    return Case(classname, name, status, 0.0, el, None, message, text)
 
 
 def junit_names(nodeid: str) -> tuple[str, str]:
@@ -181,19 +304,35 @@ def timeout_case(nodeid: str, seconds: float, limit: float) -> Case:
     return Case(classname, name, Status.TIMEOUT, seconds, el, nodeid, err.get("message", ""), err.text)
 
 
+def log_tail(log: bytes, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a shard log, for a reason that must say what happened."""
+    text = log.decode("utf-8", "replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _with_tail(reason: str, log: bytes) -> str:
+    tail = log_tail(log)
+    return f"{reason}; last lines of the log:\n{tail}" if tail else f"{reason}; the log is empty"
+
+
 def evaluate(outcome: ShardOutcome, timeout: float = 0.0) -> Attempt:
-    """Classify one shard attempt and gather its test cases (from JUnit, else from the streamed report)."""
+    """Classify one shard attempt and gather its test cases from the plugin's records.
+
+    Nothing counts as green without evidence: an attempt whose command never started pytest with matrix-run's
+    plugin, whose pytest session never finished, or that collected tests and ran none is an ``error``, whatever
+    its exit code said.
+    """
     report = parse_report(outcome.report)
-    cases = parse_junit(outcome.junit)
-    for case in cases:
-        case.nodeid = report.junit_names.get(case.key)
-    if not cases and report.finished:
-        # pytest never wrote its JUnit (killed): rebuild the finished tests from the streamed records
-        for nodeid, rec in report.finished.items():
-            classname, name = junit_names(nodeid)
-            cases.append(_case_from_record(nodeid, rec, classname, name))
+    cases = [_case_from_record(nodeid, rec) for nodeid, rec in report.finished.items()]
+    for nodeid, text in report.collect_errors.items():
+        first = text.strip().splitlines()[-1][:300] if text.strip() else "collection failure"
+        cases.append(_collect_case(nodeid, Status.ERROR, f"collection failure: {first}", text))
+    for nodeid, message in report.collect_skips.items():
+        if nodeid not in report.collect_errors:
+            cases.append(_collect_case(nodeid, Status.SKIPPED, message or "skipped at import"))
     running = next((n for n in report.started if n not in report.finished), None)
     code = outcome.exit_code
+    never_ran = [n for n in report.collected if n not in report.finished]
     kind, reason = "ok", ""
     if outcome.infra_error:
         kind, reason = "infra", outcome.infra_error
@@ -207,13 +346,29 @@ def evaluate(outcome: ShardOutcome, timeout: float = 0.0) -> Attempt:
         kind, reason = "error", "the project could not be installed in the cell image (see the shard log)"
     elif code is None or code >= 128 or code < 0:
         kind, reason = "infra", f"container ended by a signal (exit {code})"
+    elif outcome.output_problem:
+        kind, reason = "error", outcome.output_problem
+    elif not report.began:
+        what = f"the test command exited {code} without starting pytest (tests.command must run pytest)"
+        kind, reason = "error", _with_tail(what, outcome.log)
     elif code == 5:
         kind, reason = "no_tests", "pytest collected no tests"
     elif code in (2, 3, 4):
         what = {2: "interrupted (collection errors?)", 3: "internal error", 4: "usage error"}[code]
-        kind, reason = "error", f"pytest exited {code}: {what}"
+        kind, reason = "error", _with_tail(f"pytest exited {code}: {what}", outcome.log)
     elif code not in (0, 1):
-        kind, reason = "error", f"test command exited {code}"
+        kind, reason = "error", _with_tail(f"test command exited {code}", outcome.log)
+    elif not report.ended:
+        what = f"pytest exited {code} before its session ended (a test called os._exit, or the process was replaced)"
+        kind, reason = "error", _with_tail(what, outcome.log)
+    elif code == 0 and never_ran:
+        what = f"pytest exited 0 but {len(never_ran)} of {len(report.collected)} collected test(s) never ran"
+        kind, reason = "error", _with_tail(f"{what} (--collect-only in the command or addopts?)", outcome.log)
+    elif code == 1 and not cases:
+        kind, reason = "error", _with_tail("pytest exited 1 and reported no test", outcome.log)
+    if report.bad_records:
+        note = f"{report.bad_records} malformed report record(s) skipped"
+        reason = f"{reason}; {note}" if reason else note
     return Attempt(
         shard=outcome.shard,
         attempt=outcome.attempt,
@@ -225,7 +380,28 @@ def evaluate(outcome: ShardOutcome, timeout: float = 0.0) -> Attempt:
         running=running,
         outcome=outcome,
         order=report.order,
+        rootdir=report.rootdir,
+        session_seconds=_span(report.start_time, report.end_time),
+        collect_seconds=_span(report.start_time, report.collected_time),
+        file_walls=_file_walls(report),
     )
+
+
+def _span(start: float, end: float) -> float:
+    return end - start if start and end >= start else 0.0
+
+
+def _file_walls(report: Report) -> dict[str, float]:
+    """Seconds each file's tests took in the shard, setup start to teardown end of each test (what pytest really
+    spent on them, beyond the JUnit times: fixtures' bookkeeping, hooks, reporting)."""
+    walls: dict[str, float] = {}
+    prefix = f"{report.rootdir}/" if report.rootdir else ""
+    for nodeid, rec in report.finished.items():
+        begin, stop = float(rec.get("begin") or 0.0), float(rec.get("stop") or 0.0)  # type: ignore[arg-type]
+        seconds = stop - begin if begin and stop >= begin else _seconds(rec.get("duration"))
+        file = prefix + nodeid.split("::", 1)[0]
+        walls[file] = walls.get(file, 0.0) + seconds
+    return walls
 
 
 @dataclass
@@ -284,7 +460,7 @@ def fold(attempts: Iterable[Attempt]) -> dict[tuple[str, str], TestHistory]:
                 hist.reruns.append(case)
     seen = {c.nodeid for att in attempts for c in att.cases if c.nodeid}
     for att in attempts:
-        if att.kind not in ("timeout", "infra"):
+        if att.kind not in ("timeout", "infra", "error"):
             continue
         for nodeid in att.collected:
             if nodeid not in seen and junit_names(nodeid) not in tests:
@@ -344,6 +520,8 @@ def cell_status(tests: dict[tuple[str, str], TestHistory], attempts: list[Attemp
         return Status.ERROR, "; ".join(reasons) or "errors in setup or collection"
     if not tests and final_kinds <= {"no_tests"}:
         return Status.NO_TESTS, "no tests collected"
+    if not tests:  # nothing is green without a test that ran
+        return Status.ERROR, "; ".join(reasons) or "no test ran in any shard of this cell"
     if Status.FLAKY in statuses:
         return Status.FLAKY, f"{sum(h.status is Status.FLAKY for h in tests.values())} flaky test(s) passed on rerun"
     return Status.PASSED, ""

@@ -39,7 +39,7 @@ def test_the_task_function_and_its_data_pickle():
     assert fn.__name__ == "execute_shard"
     req = _request()
     assert pickle.loads(pickle.dumps(req)) == req
-    outcome = ShardOutcome("c", "shard-1of2", 1, 0, junit=b"<testsuites/>", gpu_ids=("0",))
+    outcome = ShardOutcome("c", "shard-1of2", 1, 0, report=b'{"event": "start"}\n', gpu_ids=("0",))
     assert pickle.loads(pickle.dumps(outcome)) == outcome
 
 

@@ -32,24 +32,19 @@ SLOW = "tests/test_c.py::test_slow"
 def record(nodeid: str, when: str, outcome: str = "passed") -> dict[str, object]:
     classname, name = results.junit_names(nodeid)
     rec: dict[str, object] = {"event": "test", "nodeid": nodeid, "when": when, "outcome": outcome, "duration": 0.1}
-    rec.update(classname=classname, name=name, file=nodeid.split("::", maxsplit=1)[0])
+    rec.update(classname=classname, name=name, file=nodeid.split("::", maxsplit=1)[0], line=4)
     if outcome == "failed":
         rec["longrepr"] = f"{nodeid} failed <&> here"
+        rec["message"] = "assert 0 <&>" if when == "call" else "fixture broke"
+        rec["output"] = f"----- Captured stdout call -----\nout of {name}"
+    elif outcome == "skipped":
+        rec["message"] = "no gpu"
     return rec
 
 
-CHILD = {
-    "passed": "",
-    "failed": '<failure message="assert 0">E   assert 0 &lt;&amp;&gt;</failure>',
-    "error": '<error message="failed on setup">E   fixture broke</error>',
-    "skipped": '<skipped type="pytest.skip" message="no gpu">skip</skipped>',
-}
-
-
 def shard_outcome(tests: dict[str, str], attempt: int = 1, **flags: object) -> ShardOutcome:
-    """A finished shard attempt (JUnit xunit1 + report lines) over ``tests``: node id -> result."""
-    lines: list[dict[str, object]] = [{"event": "collected", "nodeids": list(tests)}]
-    cases = []
+    """A finished shard attempt (the plugin's report lines) over ``tests``: node id -> result."""
+    lines: list[dict[str, object]] = [{"event": "start"}, {"event": "collected", "nodeids": list(tests)}]
     for nodeid, result in tests.items():
         if result == "error":
             lines += [record(nodeid, "setup", "failed"), record(nodeid, "teardown")]
@@ -57,21 +52,12 @@ def shard_outcome(tests: dict[str, str], attempt: int = 1, **flags: object) -> S
             lines += [record(nodeid, "setup", "skipped"), record(nodeid, "teardown")]
         else:
             lines += [record(nodeid, "setup"), record(nodeid, "call", result), record(nodeid, "teardown")]
-        classname, name = results.junit_names(nodeid)
-        cases.append(
-            f'<testcase classname="{classname}" name="{name}" file="{nodeid.split("::")[0]}" line="4" time="0.300">'
-            f"{CHILD[result]}<system-out>out of {name}</system-out></testcase>"
-        )
-    xml = (
-        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="99" errors="0" '
-        f'failures="0" skipped="0" time="1.0">{"".join(cases)}</testsuite></testsuites>'
-    )
+    lines.append({"event": "end"})
     return ShardOutcome(
         cell_id="c",
         shard="shard-1of1",
         attempt=attempt,
         exit_code=1 if "failed" in tests.values() or "error" in tests.values() else 0,
-        junit=xml.encode(),
         report=b"".join(json.dumps(r).encode() + b"\n" for r in lines),
         **flags,  # type: ignore[arg-type]
     )
@@ -176,9 +162,9 @@ def test_flaky_test_is_a_passing_testcase_with_one_flaky_failure_per_failed_atte
     flaky = once.find("flakyFailure")
     assert flaky is not None
     assert flaky.get("type") == "failure"
-    assert flaky.get("message") == "assert 0"
-    assert flaky.findtext("stackTrace") == "E   assert 0 <&>"
-    assert once.findtext("system-out") == "out of test_flaky"  # the passing run's output is kept
+    assert flaky.get("message") == "assert 0 <&>"
+    assert flaky.findtext("stackTrace") == "tests/test_a.py::test_flaky failed <&> here"
+    assert once.find("failure") is None  # the passing run stands; its failed run is the flakyFailure
 
 
 def test_failed_test_keeps_its_failure_and_one_rerun_failure_per_rerun(merged: Path) -> None:
@@ -299,7 +285,7 @@ def test_junitparser_xunit2_sees_flaky_and_rerun_failures(merged: Path) -> None:
     assert len(cases["test_flaky"].flaky_failures()) == 1
     assert cases["test_twice[p-1]"].is_flaky
     assert (len(cases["test_twice[p-1]"].flaky_failures()), len(cases["test_twice[p-1]"].flaky_errors())) == (1, 1)
-    assert cases["test_flaky"].flaky_failures()[0].stack_trace == "E   assert 0 <&>"
+    assert cases["test_flaky"].flaky_failures()[0].stack_trace == "tests/test_a.py::test_flaky failed <&> here"
     assert not cases["test_fail"].is_flaky
     assert cases["test_fail"].is_rerun
     assert len(cases["test_fail"].rerun_failures()) == 2

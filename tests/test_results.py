@@ -71,7 +71,6 @@ def outcome(
     exit_code: int | None = 0,
     running: str | None = None,
     unstarted: tuple[str, ...] = (),
-    junit: bool = True,
     attempt: int = 1,
     shard: str = "shard-1of1",
     **flags: object,
@@ -91,7 +90,6 @@ def outcome(
         shard=shard,
         attempt=attempt,
         exit_code=exit_code,
-        junit=junit_xml(tests) if junit and ended else b"",
         report=jsonl(recs),
         **flags,  # type: ignore[arg-type]
     )
@@ -189,7 +187,6 @@ def test_parse_report_merges_phases_per_test() -> None:
     }
     assert rep.finished[A]["duration"] == pytest.approx(0.75)
     assert rep.finished[B]["longrepr"] == "assert 1 == 2"
-    assert rep.junit_names[("tests.test_a.TestB", "test_b[x-1]")] == B
     assert rep.ended is True
 
 
@@ -250,10 +247,100 @@ def test_junit_names_follow_pytest(nodeid: str, expected: tuple[str, str]) -> No
     ],
 )
 def test_evaluate_classifies_exit_codes(exit_code: int | None, kind: str, reason: str) -> None:
-    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, exit_code))
+    ran = jsonl([{"event": "start"}, {"event": "collected", "nodeids": [A]}, *phases(A, "passed"), {"event": "end"}])
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, exit_code, report=ran))
 
     assert att.kind == kind
     assert att.reason.startswith(reason), att.reason
+
+
+# --- nothing is green without evidence that pytest ran the tests ----------------------------------------------------
+
+
+@pytest.mark.parametrize("exit_code", [0, 1, 2, 5])
+def test_evaluate_a_command_that_never_started_pytest_is_an_error(exit_code: int) -> None:
+    log = b"line one\n/usr/bin/python: No module named pytst\n"
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, exit_code, log=log))
+
+    assert att.kind == "error"
+    assert f"exited {exit_code} without starting pytest" in att.reason
+    assert att.reason.endswith("No module named pytst")  # the log's last lines say why
+
+
+def test_evaluate_a_session_that_never_ended_is_an_error_even_with_exit_0() -> None:
+    # a test called os._exit(0): pytest's exit code says nothing about the tests after it
+    rep = jsonl([{"event": "start"}, {"event": "collected", "nodeids": [A, B]}, *phases(A, "passed")])
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 0, report=rep))
+
+    assert att.kind == "error"
+    assert "before its session ended" in att.reason
+    assert results.fold([att])[results.junit_names(B)].first.status is Status.ERROR  # B is reported as not run
+
+
+def test_evaluate_collected_but_never_ran_with_exit_0_is_an_error() -> None:
+    rep = jsonl([{"event": "start"}, {"event": "collected", "nodeids": [A, B]}, {"event": "end"}])
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 0, report=rep))
+
+    assert att.kind == "error"
+    assert "2 of 2 collected test(s) never ran" in att.reason
+
+
+def test_evaluate_exit_1_without_any_test_is_an_error() -> None:
+    rep = jsonl([{"event": "start"}, {"event": "collected", "nodeids": []}, {"event": "end"}])
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 1, report=rep))
+
+    assert att.kind == "error"
+    assert "reported no test" in att.reason
+
+
+def test_evaluate_an_output_problem_is_an_error_named_in_the_reason() -> None:
+    problem = "report.jsonl from the shard was not read: it is a symbolic link"
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 0, output_problem=problem))
+
+    assert (att.kind, att.reason) == ("error", problem)
+
+
+def test_a_cell_without_any_test_case_is_an_error_not_passed() -> None:
+    rep = jsonl([{"event": "start"}, {"event": "collected", "nodeids": []}, {"event": "end"}])
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 0, report=rep))
+    status, _ = results.cell_status(results.fold([att]), [att])
+
+    assert status is Status.ERROR
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"[]",
+        b'{"event": "test"}',
+        b'{"event": "test", "nodeid": 5, "when": "call", "outcome": "passed"}',
+        b'{"event": "test", "nodeid": "t.py::x", "when": "lunch", "outcome": "passed"}',
+        b'{"event": "collected", "nodeids": 5}',
+        b'{"event": "collected", "nodeids": [1, 2]}',
+        b'"just a string"',
+        b"\xff\xfe not utf-8 {",
+        b'{"event": "unknown"}',
+    ],
+)
+def test_parse_report_skips_and_counts_malformed_records(bad: bytes) -> None:
+    good = [{"event": "start"}, {"event": "collected", "nodeids": [A]}, *phases(A, "passed"), {"event": "end"}]
+    data = jsonl(good[:2]) + bad + b"\n" + jsonl(good[2:])
+
+    rep = results.parse_report(data)
+
+    assert rep.bad_records == 1
+    assert rep.collected == [A]
+    assert set(rep.finished) == {A}
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 0, report=data))
+    assert att.kind == "ok"
+    assert "1 malformed report record(s) skipped" in att.reason
+
+
+def test_parse_report_bad_durations_are_zero_not_fatal() -> None:
+    recs = [record(A, "setup", duration="soon"), record(A, "call", duration=float("nan")), record(A, "teardown")]
+    rep = results.parse_report(jsonl(recs).replace(b"NaN", b"1e999"))
+
+    assert rep.finished[A]["duration"] == pytest.approx(0.25)
 
 
 def test_evaluate_infra_error_wins_over_everything() -> None:
@@ -417,7 +504,7 @@ def test_cell_status_timeout() -> None:
 
 
 def test_cell_status_error_from_the_attempt_kind() -> None:
-    status, reason = cell(ShardOutcome("c", "shard-1of2", 1, 2))
+    status, reason = cell(ShardOutcome("c", "shard-1of2", 1, 2, report=b'{"event": "start"}\n'))
 
     assert status is Status.ERROR
     assert reason.startswith("shard-1of2: pytest exited 2")
@@ -430,7 +517,8 @@ def test_cell_status_error_test_without_failures() -> None:
 
 
 def test_cell_status_no_tests() -> None:
-    assert cell(ShardOutcome("c", "shard-1of1", 1, 5)) == (Status.NO_TESTS, "no tests collected")
+    started = b'{"event": "start"}\n{"event": "end"}\n'
+    assert cell(ShardOutcome("c", "shard-1of1", 1, 5, report=started)) == (Status.NO_TESTS, "no tests collected")
 
 
 def test_cell_status_failed_beats_flaky_and_infra_beats_failed() -> None:

@@ -47,6 +47,10 @@ def attempt(
             lines += [record(nodeid, "setup"), record(nodeid, "call", result), record(nodeid, "teardown")]
     if running:
         lines.append(record(running, "setup"))
+    if collected:
+        lines.insert(0, {"event": "start"})
+        if exit_code is not None and not running and not timed_out and not infra_error:
+            lines.append({"event": "end"})
     out = ShardOutcome(
         cell_id="python-3.11",
         shard="shard-1of2",

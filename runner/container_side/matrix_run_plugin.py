@@ -1,14 +1,21 @@
-"""pytest plugin loaded inside shard containers (``-p matrix_run_plugin``).
+"""pytest plugin loaded inside shard containers (``-p matrix_run_plugin``): matrix-run's only addition to the
+project's own pytest command line, besides the shard's test paths.
 
-- Streams one JSON line per finished test phase to ``--matrix-run-report`` (flushed as it goes), so a shard
-  killed by a timeout or the OOM killer still tells which tests finished and which did not.
-- Records, per test, the JUnit ``classname``/``name`` pytest itself gives it, so JUnit testcases map back to
-  exact node ids (needed to rerun failed tests, whatever characters their parameter ids hold).
-- ``--matrix-run-files FILE`` (JSON ``{"include": [...]}`` or ``{"exclude": [...]}``, project-relative paths)
-  restricts collection to a shard's files through ``pytest_ignore_collect``, so pytest still collects from the
-  project's own roots with its own rules (``collect_ignore`` in conftest files, ``norecursedirs``, ...): a file
-  that a conftest ignores stays ignored, exactly as in a direct run. The exclude form lets one shard take every
-  file that no other shard named, so no test can fall between shards.
+matrix-run adds no pytest option of pytest's own (no ``--junitxml``, no ``-o``): a project whose config turns
+plugins off (``-p no:junitxml``, ``-p no:cacheprovider``) or is strict (``--strict-config``) runs as written.
+Everything matrix-run reads comes from this plugin:
+
+- One JSON line per event to ``--matrix-run-report`` (flushed as it goes), so a shard killed by a timeout or the
+  OOM killer still tells which tests finished and which did not: ``start`` (pytest version, rootdir), ``collected``
+  (node ids in pytest's order), ``test`` (one per phase, with outcome, duration, location, failure text, captured
+  output of failures), ``collecterror`` / ``collectskip`` (a file that failed to import, or skipped whole at
+  import), ``end``. matrix-run builds its JUnit from these records. Under pytest-xdist the controller writes the
+  stream: workers' reports reach it through pytest's own hooks, and their collection through xdist's.
+- ``--matrix-run-files FILE`` (JSON ``{"root": DIR, "include": [...]}`` or ``{"root": DIR, "exclude": [...]}``,
+  paths relative to ``root``, the project) restricts the run to the shard's files: through
+  ``pytest_ignore_collect`` for speed (a conftest's ``collect_ignore``, ``norecursedirs`` still apply as in a direct
+  run), and again over the collected items, because pytest never asks ``pytest_ignore_collect`` about paths given
+  on its command line. So each test runs in exactly one shard, whatever ``tests.paths`` names.
 - Coverage, when matrix-run asks for it (``MATRIX_RUN_COVERAGE``: JSON with ``data_file``, ``source``, ``branch``):
   started as this plugin is loaded (``-p``, before any conftest or test module is imported), with the project's
   own coverage configuration, and saved to one data file per shard at the end of the session.
@@ -22,8 +29,13 @@ import json
 import os
 import re
 import sys
+import time
+import warnings
 
 import pytest
+
+TEXT_LIMIT = 8000  # characters of a failure's text kept per phase
+OUTPUT_LIMIT = 8000  # characters of a failure's captured output kept per phase
 
 _stream = None
 
@@ -67,35 +79,52 @@ def _emit(record):
 
 
 def _junit_names(nodeid):
-    try:
-        from _pytest.junitxml import mangle_test_address
-
-        names = mangle_test_address(nodeid)
-    except Exception:  # pytest internals moved: same rule, written out
-        path, bracket, params = nodeid.partition("[")
-        names = path.split("::")
-        names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
-        names[-1] += bracket + params
+    """pytest's own mapping of a node id to JUnit classname/name (junitxml.mangle_test_address)."""
+    path, bracket, params = nodeid.partition("[")
+    names = path.split("::")
+    names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
+    names[-1] += bracket + params
     return ".".join(names[:-1]), names[-1]
+
+
+def _is_worker(config):
+    return hasattr(config, "workerinput")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     global _stream
     path = config.getoption("matrix_run_report", None)
-    if path and not hasattr(config, "workerinput"):
+    if path and not _is_worker(config):
         _stream = open(path, "a", buffering=1)
-        _emit({"event": "start", "pid": os.getpid()})
+        root = _shard_files(config)[3]
+        rootdir = str(config.rootpath) if hasattr(config, "rootpath") else str(config.rootdir)
+        rel = os.path.relpath(rootdir, root).replace(os.sep, "/") if root else "."
+        _emit(
+            {
+                "event": "start",
+                "pid": os.getpid(),
+                "time": time.time(),
+                "pytest": pytest.__version__,
+                "rootdir": "" if rel == "." else rel,
+                "xdist": bool(config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", 0)),
+            }
+        )
 
 
 def pytest_unconfigure(config):
     global _stream, _coverage
     if _coverage is not None:
-        _coverage.stop()
-        _coverage.save()
+        try:  # a coverage problem (a project's filterwarnings = error, say) never fails the shard
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _coverage.stop()
+                _coverage.save()
+        except Exception as exc:
+            sys.stderr.write("matrix-run: coverage not saved: %s: %s\n" % (exc.__class__.__name__, exc))
         _coverage = None
     if _stream is not None:
-        _emit({"event": "end"})
+        _emit({"event": "end", "time": time.time()})
         _stream.close()
         _stream = None
 
@@ -104,14 +133,16 @@ _selection = {}  # type: dict
 
 
 def _shard_files(config):
-    """(include set or None, exclude set or None, folders holding included files), read once."""
+    """(include set or None, exclude set or None, folders holding included files, project root), read once."""
     if "files" not in _selection:
         path = config.getoption("matrix_run_files", None)
         include = exclude = None
         folders = set()
+        root = ""
         if path:
             with open(path) as fh:
                 spec = json.load(fh)
+            root = spec.get("root") or ""
             if "include" in spec:
                 include = set(spec["include"])
                 for f in include:
@@ -119,24 +150,40 @@ def _shard_files(config):
                     folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
             else:
                 exclude = set(spec.get("exclude", []))
-        _selection["files"] = (include, exclude, folders)
+        _selection["files"] = (include, exclude, folders, root)
     return _selection["files"]
 
 
+def _project_path(config, path):
+    """``path`` relative to the project root, posix; None when it lies outside the project."""
+    root = _shard_files(config)[3] or str(config.invocation_params.dir)
+    rel = os.path.relpath(str(path), root).replace(os.sep, "/")
+    if rel == ".." or rel.startswith("../"):
+        return None
+    return rel
+
+
+def _file_wanted(config, rel):
+    include, exclude, _, _ = _shard_files(config)
+    if rel is None:
+        return True
+    if include is not None:
+        return rel in include
+    return not exclude or rel not in exclude
+
+
 def pytest_ignore_collect(collection_path, config):
-    include, exclude, folders = _shard_files(config)
+    include, exclude, folders, _ = _shard_files(config)
     if include is None and not exclude:
         return None
-    rel = os.path.relpath(str(collection_path), str(config.invocation_params.dir)).replace(os.sep, "/")
-    if rel == "." or rel.startswith("../"):
+    rel = _project_path(config, collection_path)
+    if rel is None or rel == ".":
         return None
     if os.path.isdir(str(collection_path)):
         if include is not None and rel not in folders:
             return True  # no file of this shard below: do not even look inside
         return None
-    if include is not None:
-        return None if rel in include else True
-    return True if rel in exclude else None
+    return None if _file_wanted(config, rel) else True
 
 
 def _base(nodeid):
@@ -147,10 +194,22 @@ def _file_of(nodeid):
     return nodeid.split("::", 1)[0]
 
 
+def _item_file(config, item):
+    path = getattr(item, "path", None) or getattr(item, "fspath", None)
+    return _project_path(config, path) if path is not None else None
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     path = config.getoption("matrix_run_select", None)
-    order = [item.nodeid for item in items]  # pytest's own order, before any selection
+    include, exclude, _, _ = _shard_files(config)
+    keep, drop = [], []
+    if include is not None or exclude:
+        # paths named on pytest's command line are collected whatever pytest_ignore_collect says: filter again
+        for item in items:
+            (keep if _file_wanted(config, _item_file(config, item)) else drop).append(item)
+        items[:] = keep
+    order = [item.nodeid for item in items]  # pytest's own order of the shard's files, before any selection
     if path:
         with open(path) as fh:
             spec = json.load(fh)
@@ -160,7 +219,7 @@ def pytest_collection_modifyitems(session, config, items):
         # function; a part of a split file does not (the file's last part runs whatever no part names)
         missing_bases = {_base(n) for n in only if n not in present} if spec.get("fallback") else set()
         restricted = {_file_of(n) for n in only}
-        keep, drop = [], []
+        keep = []
         for item in items:
             nodeid = item.nodeid
             wanted = nodeid in only or _base(nodeid) in missing_bases or _file_of(nodeid) not in restricted
@@ -168,22 +227,54 @@ def pytest_collection_modifyitems(session, config, items):
                 keep.append(item)
             else:
                 drop.append(item)
-        if drop:
-            config.hook.pytest_deselected(items=drop)
         items[:] = keep
-    record = {"event": "collected", "nodeids": [item.nodeid for item in items]}
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    if _is_worker(config):
+        return  # under xdist the controller reports the collection (pytest_xdist_node_collection_finished)
+    record = {"event": "collected", "time": time.time(), "nodeids": [item.nodeid for item in items]}
     if len(order) != len(items):
         record["order"] = order  # where tests were left to other shards: the whole files' order, for planning
     _emit(record)
 
 
+_xdist_collected = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    if not _xdist_collected:  # every worker collects the same ids
+        _xdist_collected.append(True)
+        _emit({"event": "collected", "time": time.time(), "nodeids": list(ids)})
+
+
+def _text(longrepr):
+    text = str(longrepr) if longrepr is not None else ""
+    return text[-TEXT_LIMIT:]
+
+
+def _message(report):
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (file, line, reason)
+        reason = str(longrepr[2])
+        return (reason[9:] if reason.startswith("Skipped: ") else reason)[:500]
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return str(crash.message)[:500]
+    first = _text(longrepr).strip().splitlines()
+    return first[-1][:500] if first else ""
+
+
 def pytest_collectreport(report):
     if report.failed:
-        _emit({"event": "collecterror", "nodeid": report.nodeid, "longrepr": str(report.longrepr)[-4000:]})
+        _emit({"event": "collecterror", "nodeid": report.nodeid, "longrepr": _text(report.longrepr)})
+    elif report.skipped:
+        _emit({"event": "collectskip", "nodeid": report.nodeid, "message": _message(report)})
 
 
 def pytest_runtest_logreport(report):
     classname, name = _junit_names(report.nodeid)
+    location = report.location or (None, None, None)
     record = {
         "event": "test",
         "nodeid": report.nodeid,
@@ -192,10 +283,19 @@ def pytest_runtest_logreport(report):
         "duration": report.duration,
         "classname": classname,
         "name": name,
-        "file": report.location[0] if report.location else None,
+        "file": location[0],
+        "line": location[1] + 1 if isinstance(location[1], int) else None,
+        "stop": getattr(report, "stop", None) or time.time(),
     }
     if hasattr(report, "wasxfail"):
         record["xfail"] = True
+        record["message"] = ("xfail: " + str(report.wasxfail))[:500] if report.wasxfail else "xfail"
     if report.failed:
-        record["longrepr"] = str(report.longrepr)[-4000:]
+        record["longrepr"] = _text(report.longrepr)
+        record["message"] = _message(report)
+        output = "\n".join("----- %s -----\n%s" % (title, body) for title, body in report.sections)
+        if output:
+            record["output"] = output[-OUTPUT_LIMIT:]
+    elif report.skipped and "message" not in record:
+        record["message"] = _message(report)
     _emit(record)

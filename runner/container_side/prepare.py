@@ -1,6 +1,6 @@
 """Source layer: unpack the project snapshot into /src and install the project (no network, no deps).
 
-Usage: python prepare.py TARBALL DEST INSTALL(0|1) [ROOTS_JSON]. Runs once per cell image and source snapshot;
+Usage: python prepare.py TARBALL DEST INSTALL(0|1) [ROOTS_JSON [WORKDIR]]. Runs once per cell image and source snapshot;
 the result is committed as a thin image layer that every shard of that cell starts from, so a shard pays neither
 for the unpacking nor for the install, and a code change rebuilds only this layer, never the dependency image.
 
@@ -10,6 +10,7 @@ each file). Shards run with PYTHONDONTWRITEBYTECODE, so without this every shard
 file it imports.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tarfile
 
+TEST_UID = 1000  # shards run as this user unless tests.user says otherwise (matrix-run's runner.images.TEST_UID)
+TEST_USER = "mrtest"
 SETUP_FAILED = 250  # the project could not be installed: an error of the cell, not a test failure
 WARM_TIMEOUT = 120  # seconds the bytecode collection may take; it only saves time, so it never fails the build
 
@@ -57,19 +60,20 @@ def unpack(tarball, dest):
             tar.extractall(dest, members=members)
 
 
-def warm_bytecode(src, roots):
+def warm_bytecode(src, roots, workdir=""):
     """Best effort, never fatal: compile the tree, then let pytest collect what the shards will collect (``roots``,
     else the project's own testpaths) so that it caches its rewrites."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    roots = [r for r in roots if os.path.exists(os.path.join(src, r))]
+    cwd = os.path.join(src, workdir)
+    roots = [r for r in roots if os.path.exists(os.path.join(cwd, r.split("::", 1)[0]))]
     steps = (
         [sys.executable, "-m", "compileall", "-q", "-j", "0", src],
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"] + roots,
     )
     for argv in steps:
         proc = subprocess.Popen(
-            argv, cwd=src, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         try:
             proc.wait(timeout=WARM_TIMEOUT)
@@ -79,13 +83,36 @@ def warm_bytecode(src, roots):
             print("matrix-run: %s took over %d s; shards will compile for themselves" % (argv[2], WARM_TIMEOUT))
 
 
+def add_test_user(src):
+    """The unprivileged user that shards run as: added to the image's passwd and group files when the image has
+    no user with that id, and made the owner of the source tree (its own copy in this layer), so tests may write
+    into it as they would in a checkout. Best effort: an image without /etc/passwd still runs the shard as the
+    bare id."""
+    try:
+        with open("/etc/passwd") as fh:
+            known = any(line.split(":")[2:3] == [str(TEST_UID)] for line in fh)
+        if not known:
+            with open("/etc/passwd", "a") as fh:
+                fh.write("%s:x:%d:%d:matrix-run tests:/tmp:/bin/sh\n" % (TEST_USER, TEST_UID, TEST_UID))
+            with open("/etc/group", "a") as fh:
+                fh.write("%s:x:%d:\n" % (TEST_USER, TEST_UID))
+    except (OSError, IndexError) as exc:
+        print("matrix-run: could not add the test user: %s" % exc, flush=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            with contextlib.suppress(OSError):
+                os.lchown(name, TEST_UID, TEST_UID)
+
+
 def main():
     tarball, dest, install = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     roots = json.loads(sys.argv[4]) if len(sys.argv) > 4 else []
+    workdir = sys.argv[5] if len(sys.argv) > 5 else ""
     unpack(tarball, dest)
     if install:
         install_project(dest)
-    warm_bytecode(dest, roots)
+    warm_bytecode(dest, roots, workdir)
+    add_test_user(dest)
 
 
 if __name__ == "__main__":
