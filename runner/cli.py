@@ -10,16 +10,15 @@ import importlib
 import json
 import os
 import secrets
-import shutil
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import __version__, config, matrix, plan, source
+from runner import __version__, config, matrix, plan
 from runner.errors import ExitCode, UserError
 from runner.history import History
 from runner.results import Status
@@ -28,104 +27,26 @@ if TYPE_CHECKING:
     from runner import coverage_merge
     from runner.coordinator import RunResults
 
-OWNED_OUTPUTS = (
-    "junit.xml",
-    "results.json",
-    "summary.md",
-    "report.html",
-    "coverage.xml",
-    "htmlcov",
-    "shards",
-    "logs",
-    "images",
-)
 
-
-@dataclass
-class Planned:
-    """Everything decided before Docker or Ray is touched: what ``--dry-run`` shows."""
-
-    mf: config.MatrixFile
-    cells: list[matrix.Cell]
-    tree: source.SourceTree
-    shards: dict[str, list[plan.Shard]]
-    measured: set[str]  # cells whose plan rests on measured durations (else on test counts)
-    scope: str
-
-
-SECONDS_PER_UNKNOWN_TEST = 0.1  # a guess for a test no run has measured yet
-MIN_AUTO_SHARD_SECONDS = 10.0  # below this a shard's fixed cost (container, pytest start) dominates
-
-
-def history_scope(mf: config.MatrixFile) -> str:
-    return f"{mf.name}@{mf.project.name}"
-
-
-def plan_run(
-    matrix_path: str,
-    select: Sequence[str],
-    shards_override: int | None = None,
-    history: History | None = None,
-    max_parallel: int | None = None,
-) -> Planned:
-    mf = config.load(matrix_path)
-    cells = matrix.expand(mf, select)
-    # shard slots for shards: auto: --max-parallel, strategy.max-parallel, else this host's cores per shard
-    per_shard = max((c.resources.cpus for c in cells), default=1.0) or 1.0
-    slots = max_parallel or mf.strategy.max_parallel or max(1, int((os.cpu_count() or 1) // per_shard))
-    tree = source.snapshot(mf.project)
-    settings = plan.read_pytest_settings(mf.project)
-    files = plan.discover(tree, mf.tests.paths, settings)
-    if not files:
-        where = ", ".join(mf.tests.paths or settings.testpaths or (".",))
-        raise UserError(
-            f"{mf.path}: tests.paths: no test files found under {where} in {mf.project} "
-            f"(looked for {' '.join(settings.python_files)}); set tests.paths",
-            ExitCode.NO_TESTS,
-        )
-    scope = history_scope(mf)
-    unmeasured = plan.estimate(tree, files, None, SECONDS_PER_UNKNOWN_TEST)
-    per_cell: dict[str, tuple[list[plan.TestFile], dict[str, dict[str, float]]]] = {}
-    measured: set[str] = set()
-    for cell in cells:
-        tests = history.tests(scope, cell.id) if history is not None else {}
-        if tests:
-            measured.add(cell.id)
-            seconds = {f: sum(t.values()) for f, t in tests.items()}
-            per_cell[cell.id] = (plan.estimate(tree, files, seconds, SECONDS_PER_UNKNOWN_TEST), tests)
-        else:
-            per_cell[cell.id] = (unmeasured, {})
-    # shards: auto aims at shards of tests.shard-target seconds, shorter when the whole matrix is small, so
-    # that every slot of the cluster gets a few shards to balance (LPT needs several jobs per slot)
-    total = sum(sum(e.weight for e in est) for est, _ in per_cell.values())
-    target = min(mf.tests.shard_target, max(total / (3 * max(slots, 1)), MIN_AUTO_SHARD_SECONDS))
-    shards: dict[str, list[plan.Shard]] = {}
-    unmeasured_layouts: dict[int, list[plan.Layout]] = {}  # cells without history share one layout per count
-    for cell in cells:
-        estimates, tests = per_cell[cell.id]
-        count = shards_override or mf.tests.shards
-        if count == "auto":
-            count = plan.auto_shards(sum(e.weight for e in estimates), target, slots)
-        if tests:
-            layout = plan.layout_lpt(estimates, int(count), tests if mf.tests.split_files else None)
-        else:
-            layout = unmeasured_layouts.get(int(count)) or plan.layout_lpt(estimates, int(count))
-            unmeasured_layouts[int(count)] = layout
-        shards[cell.id] = plan.shards_for(cell, layout)
-    return Planned(mf, cells, tree, shards, measured, scope)
-
-
-def print_plan(planned: Planned) -> None:
+def print_plan(planned: plan.Planned) -> None:
     print(f"{planned.mf.name}: {len(planned.cells)} cell(s), project {planned.mf.project}")
+    auto = " (tests.shards: auto)" if planned.auto else ""
+    print(f"  {planned.slots} slot(s){auto}: predicted ~{planned.makespan:.1f}s for the whole matrix")
     for cell in planned.cells:
         shards = planned.shards[cell.id]
-        basis = "measured" if cell.id in planned.measured else "estimated from test counts"
-        print(f"  {cell.id}  image base {cell.base}  {len(shards)} shard(s), predicted times {basis}")
+        print(
+            f"  {cell.id}  image base {cell.base}  {len(shards)} shard(s), predicted from {planned.basis[cell.id]}, "
+            f"~{planned.fixed_costs[cell.id]:.1f}s fixed per shard"
+        )
         for s in shards:
             extra = f" (+{len(s.only)} named tests)" if s.only else ""
             extra += f" (-{len(s.skip)} tests run elsewhere)" if s.skip else ""
             first = " + any file no other shard names" if s.index == 1 and len(shards) > 1 else ""
-            print(f"    {s.slug}  ~{s.predicted:.1f}s  {len(s.files)} file(s){extra}{first}: {' '.join(s.files)}")
+            slot, start = planned.schedule[s.id]
+            print(
+                f"    {s.slug}  ~{s.predicted:.1f}s  slot {slot + 1} at ~{start:.1f}s  {len(s.files)} file(s)"
+                f"{extra}{first}: {' '.join(s.files)}"
+            )
 
 
 def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -144,23 +65,13 @@ def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[s
     return tuple(env.items())
 
 
-def _prepare_out(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OWNED_OUTPUTS:
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-
-
 def _history(args: argparse.Namespace) -> History:
     path = Path(args.history or os.environ.get("MATRIX_RUN_HISTORY") or Path(".matrix-run") / "history.sqlite")
     return History(path.resolve())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import cache, engine, images, junit, summary
+    from runner import cache, engine, images, junit, outdir, summary, workspace
     from runner.coordinator import Coordinator, RunOptions, RunResults
     from runner.progress import make_view
 
@@ -168,12 +79,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         # importing Ray takes about 2 s: do it while the matrix is planned and the images are checked
         threading.Thread(target=importlib.import_module, args=("ray",), daemon=True).start()
     history = _history(args)
-    planned = plan_run(args.matrix, args.select, args.shards, history, args.max_parallel)
+    joined = None
+    slots = None
+    if not args.dry_run and (args.address or os.environ.get("RAY_ADDRESS")):
+        # shards: auto sizes for the cluster the run is on: ask it before planning
+        from runner import cluster
+
+        joined = cluster.connect(args.address)
+        slots = cluster.slots_for(cluster.capacity(), config.load(args.matrix), args.max_parallel)
+    planned = plan.plan_matrix(args.matrix, args.select, args.shards, history, args.max_parallel, slots=slots)
     if args.dry_run:
         print_plan(planned)
         return ExitCode.OK
     mf = planned.mf
     env = _container_env(mf, args.env)
+    run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    out_folder = outdir.claim(Path(args.out or Path(".matrix-run") / mf.name), run_id, force=args.force)
+    out = out_folder.path
     client = engine.connect()
     specs = images.specs_for(mf, planned.cells, client)
     keys = {c.id: cache.key_for(mf, c, specs[c.id], planned.tree.digest, env) for c in planned.cells}
@@ -186,9 +108,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     to_run = [c for c in planned.cells if c.id not in cached]
     if to_run:
         images.check_bases(client, {c.id: specs[c.id] for c in to_run})
-    out = Path(args.out or Path(".matrix-run") / mf.name).resolve()
-    _prepare_out(out)
-    run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     options = RunOptions(
         run_id=run_id,
         out=out,
@@ -198,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         flaky_retries=mf.retries.flaky if args.retries is None else args.retries,
         infra_retries=mf.retries.infra,
         env=env,
+        owner=workspace.owner_token(),
+        cluster=joined,
     )
     started = time.monotonic()
     if to_run:
@@ -220,6 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         images_built=ran.images_built,
         images_reused=ran.images_reused,
         image_check_seconds=ran.image_check_seconds,
+        fail_fast_by=ran.fail_fast_by,
+        cluster_lost=ran.cluster_lost,
     )
     status, code = summary.run_status(results, strict_flaky=args.strict_flaky)
     junit.write_merged(results.cells, out / "junit.xml", mf.name)
@@ -229,13 +152,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary.write_report_html(results, out / "report.html", mf.name, status, covered)
     for finished in ran.cells:
         whole = finished.status not in (Status.CANCELLED, Status.INFRA, Status.TIMEOUT)
-        history.record(planned.scope, finished.cell_id, summary.measured_durations(finished), complete=whole)
+        history.record_cell(planned.scope, finished.cell_id, finished, complete=whole)
         cache.remember(history, planned.scope, keys[finished.cell_id], finished)
     history.close()
     summary.print_table(results, status)
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")
     if covered is not None:
         print(f"coverage: {covered.percent:.1f}% of {covered.files} file(s) -> {out}/coverage.xml, htmlcov/index.html")
+    out_folder.release()
+    if ran.cluster_lost:
+        # Ray's core ends a process whose GCS is gone after a minute, and its exit handler would block on it:
+        # the reports are written, so leave now with the run's own code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
     return code
 
 
@@ -312,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", action="store_true", help="skip cells whose inputs match a fully passing run")
     run.add_argument("--history", help="duration and result store (default .matrix-run/history.sqlite)")
     run.add_argument("--plain", action="store_true", default=None, help="plain log lines instead of a live view")
+    run.add_argument(
+        "--force", action="store_true", help="use an --out folder that holds files matrix-run did not write"
+    )
     run.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="print the expanded cells")
@@ -347,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # the broken stream must not be flushed at exit
         return int(ExitCode.OK)
+    except Exception:  # a bug in matrix-run itself: its traceback, and the code for internal errors (not 1)
+        traceback.print_exc()
+        print("matrix-run: internal error (a bug in matrix-run; the traceback above says where)", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.container import ShardOutcome, ShardRequest, remove_run_containers, run_shard
+from runner.container import ShardOutcome, ShardRequest, remove_run_containers, run_shard, sweep_leftovers
 from runner.errors import EnvironmentProblem
 
 
@@ -36,6 +36,29 @@ def cleanup_node(run_id: str) -> int:
     return remove_run_containers(run_id)
 
 
+def sweep_node(gcs: str, live_jobs: frozenset[str]) -> tuple[int, int]:
+    """Remove what dead coordinators left on the node this runs on (containers, work folders)."""
+    return sweep_leftovers(gcs, live_jobs)
+
+
+def job_label() -> str:
+    """This driver's Ray job as GCS-ADDRESS/JOB-ID: shards carry it, so a node can tell the coordinator is gone."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return f"{ctx.gcs_address}/{ctx.get_job_id()}"
+
+
+def _live_jobs() -> frozenset[str]:
+    from ray._private import state
+
+    return frozenset(str(j["JobID"]) for j in state.jobs() if not j.get("IsDead"))
+
+
+class ClusterLost(Exception):
+    """The Ray cluster this run drives is gone (its GCS or raylet died): nothing more can run through it."""
+
+
 @dataclass
 class Cluster:
     """A connected Ray cluster; ``started`` when matrix-run started it (and so must stop it)."""
@@ -44,6 +67,9 @@ class Cluster:
     started: bool
     cpus: float
     gpus: float
+    core_pids: tuple[int, ...] = ()  # an embedded Ray's GCS and raylet, watched for loss
+    session_dir: str = ""  # an embedded Ray's session folder: every process of it names it
+    lost: str = ""  # why the cluster was declared lost; then nothing talks to Ray again
 
     def slots(self, cpus_per_shard: float) -> int:
         return max(1, int(self.cpus // max(cpus_per_shard, 0.01)))
@@ -51,13 +77,14 @@ class Cluster:
 
 _remote_task: Any = None
 _remote_cleanup: Any = None
+_remote_sweep: Any = None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray; quiet, no dashboard."""
     import ray
 
-    global _remote_task, _remote_cleanup
+    global _remote_task, _remote_cleanup, _remote_sweep
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         _check_reachable(address)
@@ -80,7 +107,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
             kwargs.pop("include_dashboard")
             ray.init(address=address, runtime_env={"py_modules": [runner]}, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            # "local" starts a new Ray of this process's own; without it Ray joins the last cluster that
+            # `ray start` made on this machine (/tmp/ray/ray_current_cluster), alive or dead
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "an embedded local Ray"
         raise EnvironmentProblem(
@@ -93,13 +122,75 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     if _remote_task is None:
         _remote_task = ray.remote(execute_shard)
         _remote_cleanup = ray.remote(cleanup_node)
+        _remote_sweep = ray.remote(sweep_node)
     res = ray.cluster_resources()
+    core: tuple[int, ...] = ()
+    session = ""
+    if not address:
+        core = _core_pids()
+        with contextlib.suppress(Exception):
+            session = str(ray._private.worker._global_node.get_session_dir_path())  # type: ignore[attr-defined]
     return Cluster(
         address=address or "local",
         started=not address,
         cpus=float(res.get("CPU", 1)),
         gpus=float(res.get("GPU", 0)),
+        core_pids=core,
+        session_dir=session,
     )
+
+
+def _core_pids() -> tuple[int, ...]:
+    """The embedded Ray's GCS server and raylet: children of this process."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() in ("gcs_server", "raylet"):
+                found.append(child.pid)
+    return tuple(found)
+
+
+def check_alive(cluster: Cluster) -> str:
+    """Why the cluster is lost, or "" while it is not. Cheap enough for every turn of the run loop.
+
+    An embedded Ray is watched through its own processes: once its GCS is gone, every Ray call blocks for a
+    minute and then Ray's core ends this process, so the loss must be noticed without asking Ray.
+    """
+    import psutil
+
+    if cluster.lost:
+        return cluster.lost
+    for pid in cluster.core_pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                continue
+            name = proc.name()
+        except psutil.Error:
+            name = "a core process"
+        cluster.lost = f"the embedded Ray was lost ({name}, pid {pid}, is gone)"
+        return cluster.lost
+    return ""
+
+
+def kill_leftovers(cluster: Cluster) -> int:
+    """After an embedded Ray was lost: end its remaining processes (workers, agents), found by session folder."""
+    import psutil
+
+    if not cluster.started or not cluster.session_dir:
+        return 0
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and any(cluster.session_dir in a for a in proc.info["cmdline"] or []):
+                procs.append(proc)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+    return len(procs)
 
 
 def _other_node(avoid: str, cpus: float, gpus: float) -> Any:
@@ -155,12 +246,23 @@ class Capacity:
         return self.cpus_without_gpus if self.cpus_without_gpus > 0 else self.cpus
 
 
-def capacity() -> Capacity:
-    """What the alive nodes offer, now."""
+def capacity(timeout: float = 15.0) -> Capacity:
+    """What the alive nodes offer, now. Raises ClusterLost when the GCS does not answer within ``timeout``."""
+    import concurrent.futures
+
     import ray
 
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="matrix-run-nodes")
+    try:
+        nodes = pool.submit(ray.nodes).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise ClusterLost(f"the Ray cluster's GCS did not answer within {timeout:g} s") from None
+    except Exception as exc:
+        raise ClusterLost(f"the Ray cluster did not answer: {exc.__class__.__name__}: {exc}"[:300]) from None
+    finally:
+        pool.shutdown(wait=False)
     cpus = gpus = plain = 0.0
-    for node in ray.nodes():
+    for node in nodes:
         if not node.get("Alive"):
             continue
         res = node.get("Resources", {})
@@ -169,6 +271,18 @@ def capacity() -> Capacity:
         if not res.get("GPU"):
             plain += float(res.get("CPU", 0))
     return Capacity(cpus, gpus, plain)
+
+
+def slots_for(cap: Capacity, mf: Any, max_parallel: int | None = None) -> int:
+    """Shards of this matrix that the cluster runs at once: its CPUs (those of nodes without GPUs, where CPU-only
+    shards go) over the most CPUs a shard asks for, capped by --max-parallel / strategy.max-parallel."""
+    try:
+        per_shard = float(mf.resources.cpus)
+    except ValueError:  # a template such as "{cpus}": one CPU per shard is the planner's guess
+        per_shard = 1.0
+    slots = max(1, int(cap.for_cpu_shards() // max(per_shard, 0.01)))
+    cap_by = max_parallel or mf.strategy.max_parallel
+    return min(slots, cap_by) if cap_by else slots
 
 
 def put(data: bytes) -> Any:
@@ -218,11 +332,14 @@ def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:
     if not ray.is_initialized() or _remote_cleanup is None:
         return removed
     refs = []
+    here = ray.get_runtime_context().get_node_id()
     for node in ray.nodes():
-        if not node.get("Alive"):
+        if not node.get("Alive") or node["NodeID"] == here:  # this node's engine: done just above
             continue
         strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
         refs.append(_remote_cleanup.options(num_cpus=0, scheduling_strategy=strategy).remote(run_id))
+    if not refs:
+        return removed
     try:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         removed += sum(int(ray.get(r)) for r in ready)
@@ -231,8 +348,34 @@ def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:
     return removed
 
 
+def sweep_other_nodes(timeout: float = 30.0) -> tuple[int, int]:
+    """``sweep_node`` on every alive node but this one (this one is swept before Ray starts)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    gcs, live = ray.get_runtime_context().gcs_address, _live_jobs()
+    refs = []
+    for node in ray.nodes():
+        if node.get("Alive") and node["NodeID"] != here:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            refs.append(_remote_sweep.options(num_cpus=0, scheduling_strategy=strategy).remote(gcs, live))
+    if not refs:
+        return 0, 0
+    containers = folders = 0
+    with contextlib.suppress(Exception):  # a node that died meanwhile is swept at the next run
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            c, f = ray.get(ref)
+            containers, folders = containers + c, folders + f
+    return containers, folders
+
+
 def shutdown(cluster: Cluster | None) -> None:
     import ray
 
+    if cluster is not None and cluster.lost:
+        kill_leftovers(cluster)  # Ray cannot stop what it no longer reaches; ray.shutdown() would block
+        return
     if ray.is_initialized():
         ray.shutdown()

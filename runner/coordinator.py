@@ -8,6 +8,7 @@ in the run loses nothing already produced.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runner import cluster, engine, images
+from runner import cluster, container, engine, images
 from runner.config import MatrixFile
 from runner.container import ShardOutcome, ShardRequest
 from runner.errors import ExitCode
@@ -47,6 +48,8 @@ class ShardState:
     ended: float = 0.0
 
 
+ImageReady = tuple[str, bool, float, float]  # (dependency image tag, built now, check seconds, seconds taken)
+
 # (rank, -predicted seconds, sequence, shard, node ids to select, Ray node to avoid)
 QueueEntry = tuple[int, float, int, ShardState, tuple[str, ...], str]
 
@@ -61,6 +64,8 @@ class RunOptions:
     flaky_retries: int = 0
     infra_retries: int = 2
     env: tuple[tuple[str, str], ...] = ()
+    owner: str = ""  # workspace.owner_token() of this process: labels its containers and work folders
+    cluster: Any = None  # a cluster.Cluster already joined (to size the plan for it); else the run connects
 
 
 @dataclass
@@ -73,6 +78,8 @@ class RunResults:
     images_built: int
     images_reused: int
     image_check_seconds: float = 0.0  # the longest check of an image that was already there
+    fail_fast_by: str = ""  # the cell whose confirmed failure cancelled the rest (strategy.fail-fast)
+    cluster_lost: str = ""  # why the run lost its Ray cluster mid-run, when it did
 
 
 class Coordinator:
@@ -104,6 +111,9 @@ class Coordinator:
         self.submitted: dict[Any, float] = {}
         self.interrupted = threading.Event()
         self.cancelled = False
+        self.fail_fast_by = ""
+        self.cluster_lost = ""
+        self.job = ""  # this coordinator's Ray job, once connected (container label)
         self.finished_cells: set[str] = set()
         self.images_built = 0
         self.images_reused = 0
@@ -131,26 +141,43 @@ class Coordinator:
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="matrix-run-build")
         ray_cluster = None
         try:
+            swept = container.sweep_leftovers()
+            if any(swept):
+                self.view.note(f"removed {swept[0]} container(s) and {swept[1]} work folder(s) of dead earlier runs")
             builds = self._start_builds(pool, client)
-            ray_cluster = cluster.connect(self.opt.address)
+            ray_cluster = self.opt.cluster or cluster.connect(self.opt.address)
+            self.job = cluster.job_label()
+            if not ray_cluster.started:
+                cluster.sweep_other_nodes()
             tarball = cluster.put(self.tree.tarball)
             while not self.interrupted.is_set():
+                lost = cluster.check_alive(ray_cluster)
+                if lost:
+                    self._lose_cluster(lost)
+                    break
                 self._collect_builds(builds)
-                if not self.cancelled:
-                    self._submit_what_fits(tarball)
-                if not self.inflight and (self.cancelled or (not self.queue and not builds)):
-                    break  # all done, or fail-fast struck: what is queued or still building is cancelled
-                for ref, outcome, error in cluster.completed(list(self.inflight), timeout=0.2):
-                    self._handle(ref, outcome, error)
-                    if self.interrupted.is_set():
-                        break
+                try:
+                    if not self.cancelled:
+                        self._submit_what_fits(tarball)
+                    if not self.inflight and (self.cancelled or (not self.queue and not builds)):
+                        break  # all done, or fail-fast struck: what is queued or still building is cancelled
+                    for ref, outcome, error in cluster.completed(list(self.inflight), timeout=0.2):
+                        self._handle(ref, outcome, error)
+                        if self.interrupted.is_set():
+                            break
+                except cluster.ClusterLost as exc:
+                    ray_cluster.lost = str(exc)
+                    self._lose_cluster(str(exc))
+                    break
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
-            self._stop_everything()
+            self._stop_everything(ray_cluster)
             pool.shutdown(wait=not self.interrupted.is_set(), cancel_futures=True)
             if ray_cluster is not None:
                 cluster.shutdown(ray_cluster)
+                if ray_cluster.lost:  # a worker that outlived its raylet may have started a container since
+                    container.remove_run_containers(self.opt.run_id)
         results = [self._cell_result(cid) for cid in self.cells]
         return RunResults(
             run_id=self.opt.run_id,
@@ -161,48 +188,79 @@ class Coordinator:
             images_built=self.images_built,
             images_reused=self.images_reused,
             image_check_seconds=self.image_check_seconds,
+            fail_fast_by=self.fail_fast_by,
+            cluster_lost=self.cluster_lost,
         )
 
-    def _stop_everything(self) -> None:
-        if self.inflight:
+    def _lose_cluster(self, why: str) -> None:
+        """The cluster is gone: every shard not finished yet gets an ``infra`` attempt saying so; finished ones keep
+        their results. Nothing is asked of Ray again."""
+        self.cluster_lost = why
+        self.view.note(f"{why}: reporting the shards that finished, the rest as infra")
+        inflight = list(self.inflight.values())
+        self.inflight.clear()
+        for state, req, _ in inflight:
+            self._record_lost(state, req.attempt, why)
+        self.queue.clear()
+        for states in self.states.values():
+            for state in states:
+                pending = not state.done and not state.cancelled and state.cell.id not in self.build_errors
+                if pending and (not state.attempts or state.attempts[-1].kind != "infra"):
+                    self._record_lost(state, state.next_attempt, why)
+
+    def _record_lost(self, state: ShardState, attempt: int, why: str) -> None:
+        outcome = ShardOutcome(state.cell.id, state.shard.slug, attempt, None, infra_error=f"ray: {why}")
+        att = evaluate(outcome, self.mf.tests.timeout)
+        state.attempts.append(att)
+        self._save(outcome)
+        self._shard_done(state, att)
+
+    def _stop_everything(self, ray_cluster: cluster.Cluster | None = None) -> None:
+        lost = ray_cluster is None or bool(ray_cluster.lost)
+        if self.inflight and not lost:
             cluster.cancel(list(self.inflight))
-            for state, _, _ in self.inflight.values():
-                state.cancelled = True
-            self.inflight.clear()
+        for state, _, _ in self.inflight.values():
+            state.cancelled = True
+        self.inflight.clear()
         self.queue.clear()
         for states in self.states.values():  # queued, or waiting for an image that never came
             for state in states:
                 state.cancelled = state.cancelled or not state.done
-        try:
-            removed = cluster.cleanup_all_nodes(self.opt.run_id)
-        except Exception:  # Ray already down: clean the local engine at least
-            from runner.container import remove_run_containers
-
-            removed = remove_run_containers(self.opt.run_id)
+        removed = 0
+        if not lost:
+            with contextlib.suppress(Exception):
+                removed = cluster.cleanup_all_nodes(self.opt.run_id)
+        # the local engine in any case, without Ray: a lost or half-started cluster cannot do it
+        removed += container.remove_run_containers(self.opt.run_id)
         if removed:
             self.view.note(f"removed {removed} container(s) of run {self.opt.run_id}")
 
     # ------------------------------------------------------------------------------------------------ images
 
-    def _start_builds(self, pool: ThreadPoolExecutor, client: Any) -> dict[Future[tuple[str, bool, float]], list[str]]:
+    def _start_builds(self, pool: ThreadPoolExecutor, client: Any) -> dict[Future[ImageReady], list[str]]:
         by_tag: dict[str, list[str]] = {}
         for cid in self.cells:
             by_tag.setdefault(self.specs[cid].tag, []).append(cid)
-        builds: dict[Future[tuple[str, bool, float]], list[str]] = {}
+        builds: dict[Future[ImageReady], list[str]] = {}
         logs = self.opt.out / "images"
         for tag, cids in by_tag.items():
             for cid in cids:
                 self.view.image(cid, "checking")
             log = logs / f"{tag.split(':')[-1]}.log"
-            labels = {engine.LABEL_RUN: self.opt.run_id}
-            builds[pool.submit(self._prepare_image, client, self.specs[cids[0]], log, labels)] = cids
+            labels = {engine.LABEL_RUN: self.opt.run_id, engine.LABEL_OWNER: self.opt.owner}
+            builds[pool.submit(self._prepare_image, client, self.specs[cids[0]], log, labels, cids)] = cids
         return builds
 
     def _prepare_image(
-        self, client: Any, spec: ImageSpec, log: Path, labels: dict[str, str]
-    ) -> tuple[str, bool, float]:
+        self, client: Any, spec: ImageSpec, log: Path, labels: dict[str, str], cids: list[str]
+    ) -> ImageReady:
         """The cell's dependency image, then its source layer (project unpacked and installed) on this node."""
         started = time.monotonic()
+
+        def step(text: str) -> None:  # what the image step is doing now, for the live view and the log
+            for cid in cids:
+                self.view.image(cid, text)
+
         image = images.ensure_cell_image(
             client,
             spec,
@@ -212,15 +270,18 @@ class Coordinator:
             self.mf.tests.paths,
             log,
             labels,
+            workdir=self.mf.tests.workdir,
+            step=step,
         )
+        took = time.monotonic() - started
         fresh = image.env_built or image.layer_built
-        return image.env_tag, image.env_built, 0.0 if fresh else time.monotonic() - started
+        return image.env_tag, image.env_built, 0.0 if fresh else took, took
 
-    def _collect_builds(self, builds: dict[Future[tuple[str, bool, float]], list[str]]) -> None:
+    def _collect_builds(self, builds: dict[Future[ImageReady], list[str]]) -> None:
         for fut in [f for f in builds if f.done()]:
             cids = builds.pop(fut)
             try:
-                tag, built, check = fut.result()
+                tag, built, check, took = fut.result()
                 self.image_check_seconds = max(self.image_check_seconds, check)
             except images.BuildFailed as exc:
                 log = self.opt.out / "images" / f"{self.specs[cids[0]].tag.split(':')[-1]}.log"
@@ -242,7 +303,7 @@ class Coordinator:
                 self.images_reused += 1
             for cid in cids:
                 self.image_tags[cid] = tag
-                self.view.image(cid, "built" if built else "cached", tag)
+                self.view.image(cid, "built" if built else "cached", f"{tag} ({took:.1f} s)")
                 for state in self.states[cid]:
                     if self.cancelled:  # fail-fast struck while this image was being built
                         state.cancelled = True
@@ -327,6 +388,11 @@ class Coordinator:
             install_project=self.mf.tests.install_project,
             source_digest=self.tree.digest,
             coverage=self.mf.coverage,
+            workdir=self.mf.tests.workdir,
+            user=self.mf.tests.user,
+            output_limit=self.mf.tests.output_limit,
+            owner=self.opt.owner,
+            job=self.job,
         )
         state.next_attempt += 1
         if not state.started:
@@ -348,8 +414,6 @@ class Coordinator:
         (logs / f"{base}.log").write_bytes(outcome.log)
         raw = self.shard_dir / outcome.cell_id
         raw.mkdir(parents=True, exist_ok=True)
-        if outcome.junit:
-            (raw / f"{base}.junit.xml").write_bytes(outcome.junit)
         if outcome.report:
             (raw / f"{base}.report.jsonl").write_bytes(outcome.report)
         if outcome.coverage:
@@ -401,9 +465,13 @@ class Coordinator:
         )
         if all(s.done or s.cancelled for s in self.states[cell_id]):
             self._finish_cell(cell_id)
-        if genuine and self.opt.fail_fast and not self.cancelled:
+        if genuine and self.opt.fail_fast and not self.cancelled and not self.cluster_lost:
             self.cancelled = True
-            self.view.note(f"fail-fast: {cell_id} failed; cancelling the rest of the matrix")
+            self.fail_fast_by = cell_id
+            self.view.note(
+                f"fail-fast: {cell_id} failed (after its reruns); cancelling the rest of the matrix "
+                "(strategy.fail-fast: false runs every cell)"
+            )
             cluster.cancel(list(self.inflight))
             for entry in self.queue:
                 entry[3].cancelled = True
@@ -427,7 +495,13 @@ class Coordinator:
             status, reason = cell_status(tests, attempts)
             if any(s.cancelled and not s.done for s in states) and status not in (Status.FAILED, Status.INFRA):
                 status = Status.CANCELLED
-                reason = "interrupted" if self.interrupted.is_set() else "cancelled by fail-fast"
+                if self.interrupted.is_set():
+                    reason = "interrupted"
+                else:
+                    reason = (
+                        f"cancelled by fail-fast: {self.fail_fast_by} failed "
+                        "(strategy.fail-fast: false runs every cell)"
+                    )
         spans = [(s.started, s.ended or time.monotonic()) for s in states if s.started]
         duration = max(e for _, e in spans) - min(b for b, _ in spans) if spans else 0.0
         return CellResult(

@@ -26,12 +26,16 @@ class View(Protocol):
 class _CellRow:
     shards: int
     image: str = "pending"
+    image_since: float = field(default_factory=time.monotonic)  # when the image step shown began
     running: int = 0
     done: int = 0
     failed_shards: int = 0
     passed: int = 0
     failed: int = 0
     status: str = ""
+
+
+IMAGE_DONE = frozenset({"built", "cached", "failed", "pending"})
 
 
 @dataclass
@@ -110,9 +114,12 @@ class LiveView:
         active = sorted(rows.items(), key=lambda kv: (kv[1].status != "", -kv[1].running, kv[0]))
         for cid, r in active[: self.MAX_ROWS]:
             style = {"failed": "red", "passed": "green", "flaky": "yellow"}.get(r.status, "")
+            image = r.image
+            if image not in IMAGE_DONE:  # a step under way: for how long
+                image = f"{image} {time.monotonic() - r.image_since:.0f}s"
             table.add_row(
                 cid,
-                r.image,
+                image,
                 f"{r.done}/{r.shards}",
                 str(r.running),
                 str(r.failed_shards),
@@ -136,7 +143,8 @@ class LiveView:
 
     def image(self, cell_id: str, state: str, detail: str = "") -> None:
         with self.lock:
-            self.state.rows[cell_id].image = state
+            row = self.state.rows[cell_id]
+            row.image, row.image_since = state, time.monotonic()
 
     def shard(self, cell_id: str, shard: str, attempt: int, state: str, passed: int = 0, failed: int = 0) -> None:
         with self.lock:

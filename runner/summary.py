@@ -20,6 +20,8 @@ def run_status(results: RunResults, strict_flaky: bool = False) -> tuple[str, Ex
     statuses = {c.status for c in results.cells}
     if results.interrupted:
         return "interrupted", ExitCode.INTERRUPTED
+    if results.cluster_lost:
+        return "infra", ExitCode.INTERNAL
     if statuses & {Status.FAILED, Status.TIMEOUT, Status.ERROR}:
         return "failed", ExitCode.TESTS_FAILED
     if Status.INFRA in statuses:
@@ -31,6 +33,19 @@ def run_status(results: RunResults, strict_flaky: bool = False) -> tuple[str, Ex
     if statuses and statuses <= {Status.NO_TESTS}:
         return "no_tests", ExitCode.NO_TESTS
     return "passed", ExitCode.OK
+
+
+def run_notes(results: RunResults) -> list[str]:
+    """What happened to the run as a whole, one line each: for the summary, the page and the terminal."""
+    notes = []
+    if results.fail_fast_by:
+        notes.append(
+            f"fail-fast: {results.fail_fast_by} failed after its reruns, and the cells still to run were cancelled "
+            "(strategy.fail-fast: false runs every cell)"
+        )
+    if results.cluster_lost:
+        notes.append(f"infra: {results.cluster_lost}; shards that had not finished are reported as infra")
+    return notes
 
 
 def measured_durations(cell: CellResult) -> list[tuple[str, float, int]]:
@@ -80,6 +95,7 @@ def cell_record(cell: CellResult) -> dict[str, object]:
                 "tests": len(a.cases),
                 "duration": round(a.outcome.duration, 3),
                 "wall": round(a.wall, 3),
+                "session": round(a.session_seconds, 3),  # pytest's session in the container, start to end
                 "node": a.outcome.node,
                 "node_id": a.outcome.node_id,
                 "gpu_ids": list(a.outcome.gpu_ids),
@@ -112,6 +128,8 @@ def write_results_json(
         "exit_code": int(code),
         "duration": round(results.duration, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fail_fast_by": results.fail_fast_by,
+        "cluster_lost": results.cluster_lost,
         "images": {
             "built": results.images_built,
             "reused": results.images_reused,
@@ -158,6 +176,9 @@ def write_summary_md(
     results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
 ) -> None:
     lines = [f"# matrix-run: {name} — {status}", ""]
+    lines += [f"> {note}" for note in run_notes(results)]
+    if run_notes(results):
+        lines.append("")
     if coverage is not None:
         lines += [_coverage_line(coverage), ""]
     lines.append("| cell | status | tests | passed | failed | errors | skipped | flaky | time |")
@@ -250,3 +271,5 @@ def print_table(results: RunResults, status: str) -> None:
     for cell in results.cells:
         if cell.status not in (Status.PASSED, Status.FLAKY, Status.CACHED) and cell.reason:
             print(f"{cell.cell_id}: {cell.status}: {cell.reason.strip()[:1500]}")
+    for note in run_notes(results):
+        print(f"matrix-run: {note}")

@@ -16,16 +16,17 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
+from runner import workspace
 from tests.conftest import PROJECTS, ROOT, TwoNodeRay, containers_of, results, run_cli, write_matrix
 
 pytestmark = [pytest.mark.docker, pytest.mark.ray, pytest.mark.slow]
@@ -148,13 +149,24 @@ def _nothing_left(client, run_id: str, wait: float = 10.0) -> None:  # type: ign
         time.sleep(0.5)
     left = [c.name for c in containers_of(client, run_id)]
     assert not left, f"containers of run {run_id} left behind: {left}"
-    folders = list(Path(tempfile.gettempdir()).glob(f"matrix-run-{run_id}-*"))
+    state = workspace.private_dir()
+    assert (state / "work").is_dir(), "the run's shards made no attempt folder where this check looks"
+    folders = list((state / "work").glob(f"{run_id}.*")) + list((state / "runs").glob(f"{run_id}.*"))
     assert not folders, f"attempt folders of run {run_id} left behind: {folders}"
 
 
 def _shard_containers(client, name: str) -> list:  # type: ignore[no-untyped-def,type-arg]
     """Running shard containers of the run whose matrix is called ``name`` (run ids are NAME-time-hex)."""
-    found = client.containers.list(filters={"label": "matrix-run.role=shard", "status": "running"})
+    import docker.errors
+
+    for _ in range(5):  # docker-py inspects each listed container: one removed meanwhile raises NotFound
+        try:
+            found = client.containers.list(filters={"label": "matrix-run.role=shard", "status": "running"})
+            break
+        except docker.errors.NotFound:
+            time.sleep(0.1)
+    else:
+        return []
     return [c for c in found if c.labels.get("matrix-run.run", "").startswith(f"{name}-")]
 
 
@@ -453,6 +465,45 @@ def test_a_lost_ray_node_loses_no_test_and_leaves_no_container(tmp_path, docker_
         ray_cluster.stop()
 
 
+def test_a_cluster_run_sweeps_every_node_of_containers_whose_coordinator_is_gone(tmp_path, docker_client):
+    """On a cluster, a node's leftovers may belong to a coordinator on another host: there the coordinator's Ray
+    job decides. A container labelled with a dead job of this cluster is removed at the start of the next run (by
+    the sweep task on the other node); one whose coordinator cannot be judged from there (no job label) stays."""
+    ray_cluster = TwoNodeRay()
+    made = []
+    try:
+        ray_cluster.start()
+        # the GCS address as Ray names it (the node's address, not the 127.0.0.1 we joined by)
+        ask = "import ray; ray.init(address=__import__('sys').argv[1]); print(ray.get_runtime_context().gcs_address)"
+        gcs = subprocess.run(
+            [sys.executable, "-c", ask, ray_cluster.address],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=ray_cluster.env,
+        ).stdout.split()[-1]
+        labels = {"matrix-run.run": f"gone-{uuid.uuid4().hex[:6]}", "matrix-run.role": "shard"}
+        dead = {**labels, "matrix-run.owner": "another-host:4242:1.000", "matrix-run.job": f"{gcs}/7f000000"}
+        unknown = {**labels, "matrix-run.owner": "another-host:4243:1.000"}
+        for lab in (dead, unknown):
+            c = docker_client.containers.create("matrix-run/debian:bookworm", ["sleep", "300"], labels=lab)
+            c.start()
+            made.append(c)
+        matrix = _matrix(tmp_path, {}, tests={"shards": 1})
+        proc = _cli(
+            *_run_args(matrix, tmp_path / "out", "--address", ray_cluster.address), env={"RAY_AUTH_MODE": "disabled"}
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        left = {c.id for c in docker_client.containers.list(all=True, filters={"label": "matrix-run.run"})}
+        assert made[0].id not in left  # its job is not alive on this cluster: swept
+        assert made[1].id in left  # nothing tells whether its coordinator lives: kept
+    finally:
+        for c in made:
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+        ray_cluster.stop()
+
+
 # ------------------------------------------------------------------------------------------------ 6. interrupts
 
 
@@ -503,6 +554,55 @@ def test_an_interrupt_stops_everything_and_writes_partial_reports(tmp_path, dock
     assert len(cases) == done[0]["tests"] > 0
     assert "tests.test_resources::test_slow" not in cases
     _nothing_left(docker_client, run_id)
+
+
+def test_losing_the_embedded_ray_keeps_finished_shards_and_reports_the_rest_as_infra(tmp_path, docker_client):
+    """`ray stop` (every process of the embedded Ray killed) while one shard has finished and one still runs: the
+    run notices at once, without asking Ray (whose core ends a process that lost its GCS after a minute), keeps the
+    finished shard's results, reports the rest as infra, exits 3, and leaves no container or Ray process."""
+    name = f"lost{uuid.uuid4().hex[:6]}"
+    out = tmp_path / "out"
+    matrix = _matrix(tmp_path, {"FAULTY_SLOW": "120"}, name=name, retries={"flaky": 0, "infra": 0})
+    log = tmp_path / "matrix-run.log"
+    proc = _popen(*_run_args(matrix, out), log=log)
+    try:
+
+        def only_slow_shard_left():  # type: ignore[no-untyped-def]
+            running = _shard_containers(docker_client, name)
+            slow = len(running) == 1 and _running_test(running[0]) == "tests/test_resources.py::test_slow"
+            if slow and re.search(r"shard-\dof2 attempt 1: done", log.read_text()):
+                return running[0]
+            return None
+
+        victim = _wait_for("one finished shard and the slow one running", only_slow_shard_left, 120, proc, log)
+        run_id = victim.labels["matrix-run.run"]
+        ray_procs = psutil.Process(proc.pid).children(recursive=True)
+        assert any(p.name() == "gcs_server" for p in ray_procs), [p.name() for p in ray_procs]
+        for p in ray_procs:  # what `ray stop --force` does to it
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        started = time.monotonic()
+        code = proc.wait(90)
+        took = time.monotonic() - started
+    finally:
+        _stop(proc)
+    assert code == 3, log.read_text()
+    assert took < 30, f"noticing the lost Ray took {took:.0f} s"
+    res = results(out)
+    assert (res["run_id"], res["status"], res["exit_code"]) == (run_id, "infra", 3)
+    assert "embedded Ray was lost" in res["cluster_lost"]
+    cell = _cell(out)
+    assert cell["status"] == "infra"
+    kinds = {a["shard"]: a["kind"] for a in cell["shards"]}
+    assert sorted(kinds.values()) == ["infra", "ok"], cell["shards"]
+    assert kinds[victim.labels["matrix-run.shard"]] == "infra"
+    finished = next(a for a in cell["shards"] if a["kind"] == "ok")
+    cases = _cases(out)
+    assert sum(_children(c) != ["error"] for c in cases.values()) == finished["tests"] > 0  # kept, each once
+    assert "infra" in (out / "summary.md").read_text()
+    _nothing_left(docker_client, run_id)
+    alive = [p for p in ray_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes of the lost Ray left running: {alive}"
 
 
 # ------------------------------------------------------------------------------------- 7. broken environments

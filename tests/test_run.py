@@ -139,8 +139,15 @@ def test_fail_fast_cancels_the_rest_of_the_matrix(tmp_path, docker_client):
     assert cells["fails"]["status"] == "failed"
     assert cells["fails"]["failed_tests"] == ["tests.test_flaky::test_always_fails"]
     assert cells["slow"]["status"] == "cancelled"
-    assert cells["slow"]["reason"] == "cancelled by fail-fast"
-    assert "fail-fast" in proc.stdout
+    trigger = cells["fails"]["id"]
+    assert cells["slow"]["reason"] == (
+        f"cancelled by fail-fast: {trigger} failed (strategy.fail-fast: false runs every cell)"
+    )
+    # fail-fast acts on a failure its reruns confirmed (retries.flaky defaults to 2), and says who triggered it
+    assert [s["attempt"] for s in cells["fails"]["shards"]] == [1, 2, 3]
+    assert f"fail-fast: {trigger} failed (after its reruns)" in proc.stdout
+    assert f"fail-fast: {trigger} failed" in (out / "summary.md").read_text()
+    assert res["fail_fast_by"] == trigger
     assert not containers_of(docker_client, res["run_id"])
 
 
