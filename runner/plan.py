@@ -7,21 +7,27 @@ containers. A file that pytest would skip whole at import is still a file here, 
 
 from __future__ import annotations
 
+import bisect
 import configparser
 import fnmatch
 import heapq
+import itertools
 import math
+import os
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
+from runner import config, matrix
+from runner.errors import ExitCode, UserError
+from runner.history import History
 from runner.matrix import Cell
-from runner.source import SourceTree
+from runner.source import SourceTree, snapshot
 
 DEFAULT_PYTHON_FILES = ("test_*.py", "*_test.py")
 DEFAULT_NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}")
@@ -39,6 +45,7 @@ class PytestSettings:
     doctest_modules: bool = False
     doctest_glob: tuple[str, ...] = ("test*.txt",)
     configfile: str = ""
+    configdir: str = ""  # the config file's folder relative to the project ("" = the root): pytest's rootdir
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class Shard:
     index: int  # 1-based
     count: int
     files: tuple[str, ...]
-    predicted: float = 0.0
+    predicted: float = 0.0  # seconds; from plan_matrix: the shard's predicted wall (its work + the fixed cost)
     only: tuple[str, ...] = field(default=())  # node ids restricting the files they belong to
     skip: tuple[str, ...] = field(default=())  # node ids left to other shards
 
@@ -84,13 +91,25 @@ def _split(value: object) -> tuple[str, ...]:
     return ()
 
 
-def read_pytest_settings(root: Path) -> PytestSettings:
-    """Read pytest's ini options from the first config file pytest itself would use."""
+def _config_candidates(root: Path, start: str) -> list[tuple[str, str]]:
+    """(folder relative to the project, file name) in the order pytest looks: from where it runs, upwards."""
+    folders = [start.strip("/")] if start.strip("/") else []
+    while folders and "/" in folders[-1]:
+        folders.append(folders[-1].rsplit("/", 1)[0])
+    folders.append("")
+    names = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+    return [(folder, name) for folder in folders for name in names]
+
+
+def read_pytest_settings(root: Path, start: str = "") -> PytestSettings:
+    """Read pytest's ini options from the first config file pytest itself would use when run in ``start`` (a
+    folder of the project, tests.workdir), looking upwards to the project root."""
     options: Mapping[str, object] | None = None
     configfile = ""
-    for name in ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"):
-        path = root / name
-        if not path.is_file():
+    configdir = ""
+    for folder, name in _config_candidates(root, start):
+        path = root / folder / name
+        if not path.is_file() or path.is_symlink():
             continue
         try:
             if name == "pyproject.toml":
@@ -111,7 +130,7 @@ def read_pytest_settings(root: Path) -> PytestSettings:
         except (OSError, ValueError, configparser.Error, tomllib.TOMLDecodeError):
             continue
         if options is not None:
-            configfile = name
+            configfile, configdir = f"{folder}/{name}".lstrip("/"), folder
             break
     options = options or {}
     addopts = options.get("addopts", "")
@@ -124,6 +143,7 @@ def read_pytest_settings(root: Path) -> PytestSettings:
         doctest_modules="--doctest-modules" in args,
         doctest_glob=tuple(globs) or ("test*.txt",),
         configfile=configfile,
+        configdir=configdir,
     )
 
 
@@ -132,9 +152,21 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel if "/" in p else name, p) for p in patterns)
 
 
-def discover(tree: SourceTree, paths: Sequence[str], settings: PytestSettings) -> list[str]:
+def pytest_roots(paths: Sequence[str], settings: PytestSettings, workdir: str = "") -> list[str]:
+    """What pytest is pointed at, relative to the project: ``paths`` (relative to ``workdir``); without them the
+    config's testpaths when pytest runs in its rootdir (as pytest does), else the folder it runs in."""
+    if paths:
+        base, chosen = workdir, list(paths)
+    elif settings.testpaths and workdir.strip("/") == settings.configdir:
+        base, chosen = settings.configdir, list(settings.testpaths)
+    else:
+        base, chosen = workdir, ["."]
+    return [posixpath.normpath(posixpath.join(base, p.split("::", 1)[0])).strip("/") for p in chosen]
+
+
+def discover(tree: SourceTree, paths: Sequence[str], settings: PytestSettings, workdir: str = "") -> list[str]:
     """Files that pytest would collect tests from, given ``paths`` (or the project's testpaths, or the root)."""
-    roots = [posixpath.normpath(p).strip("/") for p in (paths or settings.testpaths or (".",))]
+    roots = ["." if r in ("", ".") else r for r in pytest_roots(paths, settings, workdir)]
     globbed = [r for r in roots if any(ch in r for ch in "*?[")]
     if globbed:  # pytest >= 7.2 expands wildcards in testpaths against the tree
         dirs = {posixpath.dirname(f) for f in tree.files}
@@ -169,26 +201,35 @@ def _has_doctest(tree: SourceTree, rel: str) -> bool:
         return True
 
 
-def estimate(
-    tree: SourceTree,
-    files: Sequence[str],
-    history: Mapping[str, float] | None = None,
-    default_per_test: float = 1.0,
-) -> list[TestFile]:
-    """Predicted seconds per file: from history where known, else from the count of test definitions.
-
-    Unknown files get the mean seconds-per-test of the known ones, so both scales agree.
-    """
-    history = history or {}
+def count_tests(tree: SourceTree, files: Sequence[str]) -> dict[str, int]:
+    """Test definitions (``def test``, doctest prompts) per file, at least 1: the planner's proxy where nothing
+    was measured. Reads each file once."""
     counts = {}
     for rel in files:
         try:
             counts[rel] = max(1, len(TEST_DEF.findall((tree.root / rel).read_bytes())))
         except OSError:
             counts[rel] = 1
-    known = [(history[f], counts[f]) for f in files if f in history]
+    return counts
+
+
+def estimate(
+    tree: SourceTree,
+    files: Sequence[str],
+    history: Mapping[str, float] | None = None,
+    default_per_test: float = 1.0,
+    counts: Mapping[str, int] | None = None,
+) -> list[TestFile]:
+    """Predicted seconds per file: from history where known, else from the count of test definitions.
+
+    Unknown files get the mean seconds-per-test of the known ones, so both scales agree. ``counts``: the files'
+    ``count_tests``, when the caller has them already.
+    """
+    history = history or {}
+    counts = counts if counts is not None else count_tests(tree, files)
+    known = [(history[f], counts.get(f, 1)) for f in files if f in history]
     per_test = sum(s for s, _ in known) / max(1, sum(c for _, c in known)) if known else default_per_test
-    return [TestFile(f, history.get(f, counts[f] * per_test)) for f in files]
+    return [TestFile(f, history.get(f, counts.get(f, 1) * per_test)) for f in files]
 
 
 def _lpt(weights: Sequence[tuple[float, str]], bins: int) -> tuple[list[list[int]], list[float]]:
@@ -312,5 +353,431 @@ def plan_lpt(
 
 
 def auto_shards(predicted: float, target: float, slots: int) -> int:
-    """``tests.shards: auto``: enough shards of about ``target`` seconds, never more than the free slots."""
+    """Enough shards of about ``target`` seconds, never more than the free slots: the least ``tests.shards:
+    auto`` gives a cell (``size_shards`` may give it more)."""
     return max(1, min(math.ceil(predicted / max(target, 1e-9)), max(1, slots)))
+
+
+# --- the whole matrix: shard counts for tests.shards: auto ---------------------------------------------------------
+#
+# A shard's predicted time is its work (the seconds its tests take inside pytest) plus the cell's fixed cost (what a
+# shard costs beyond its tests: container start, interpreter and pytest start, collection, results back). The
+# coordinator starts the shards of the whole matrix longest-predicted first, each on the next free slot; the
+# planner simulates exactly that and picks the shard counts of the auto cells together, greedily: from the least
+# each cell needs, one shard more at a time for the cell whose extra shard shortens the simulated matrix most.
+#
+# tests.shard-target keeps its meaning (a shard should take about that long), as a floor on an auto cell's count:
+# ceil(work / target) shards at least, so a very long cell is cut even when the matrix is busy enough without it;
+# the search may cut shorter shards when that shortens the matrix. Neither goes beyond the slots.
+
+SECONDS_PER_UNKNOWN_TEST = 0.1  # a guess for a test no run has measured yet
+# Measured on this project's runner (2 cores, local Docker, pygments across Python 3.9/3.11/3.13): a shard's wall
+# minus its tests' walls was 1-2.5 s (container start ~0.5 s, interpreter + pytest start + collection the rest).
+COLD_FIXED_COST = 2.0
+MIN_GAIN_SECONDS = 0.2  # extra shards must shorten the predicted matrix by more than this...
+MIN_GAIN_FRACTION = 0.02  # ...and by more than this share of it
+# an auto cell's shards carry on average at least this share of their fixed cost in work: a shard that would run
+# 0.5 s of tests for 2 s of container and pytest start is not worth a slot (and fixed costs vary by about that)
+MIN_WORK_PER_FIXED = 0.5
+MAX_CANDIDATES = 8  # cells tried per step: those holding the longest shards...
+MAX_SCANNED = 16  # ...found among this many (cells with the same inputs and count are tried once)
+LOOKAHEAD = 2  # shards a step may add to one cell
+WALL_RATIO_BOUNDS = (0.5, 10.0)  # measured walls / JUnit times of a cell, trusted within these bounds
+
+BASIS_WALLS = "measured walls"
+BASIS_DURATIONS = "measured test durations"
+BASIS_COUNTS = "test counts"
+
+
+@dataclass(frozen=True)
+class CellWork:
+    """What the planner knows of one cell: its files' predicted work, the per-test seconds that let it cut a long
+    file by test id, its shards' fixed cost, and a fixed shard count (None: ``tests.shards: auto``).
+
+    Cells with the same non-empty ``group`` have the same files, tests and fixed cost (cells never measured
+    borrow the same numbers from their siblings): their layouts are made once per shard count.
+    """
+
+    cell_id: str
+    files: tuple[TestFile, ...]
+    tests: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    fixed_cost: float = COLD_FIXED_COST
+    shards: int | None = None
+    group: str = ""
+    basis: str = BASIS_COUNTS
+
+    @property
+    def work(self) -> float:
+        return sum(f.weight for f in self.files)
+
+
+@dataclass
+class MatrixPlan:
+    """``size_shards``' answer: each cell's shard layouts (``Layout.predicted`` = work, without the fixed cost),
+    and the simulated schedule of the whole matrix on its slots."""
+
+    layouts: dict[str, list[Layout]]
+    makespan: float  # predicted seconds from the first shard's start to the last shard's end
+    slots: int
+    schedule: dict[tuple[str, int], tuple[int, float]]  # (cell id, 1-based shard index) -> (slot, predicted start)
+    steps: int = 0  # shards the greedy search added beyond each cell's least
+
+
+def predict_work(
+    files: Sequence[str],
+    counts: Mapping[str, int],
+    tests: Mapping[str, Mapping[str, float]] | None = None,
+    walls: Mapping[str, float] | None = None,
+) -> tuple[list[TestFile], str]:
+    """Each file's predicted work in one cell, and what it rests on.
+
+    A file's measured wall (``History.file_walls``: setup start to teardown end of each of its tests) where
+    known; else the sum of its tests' JUnit seconds times the cell's measured wall/JUnit ratio (pytest spends
+    more on a test than JUnit says: hooks, reporting, fixture bookkeeping), 1 when no wall is known; else its
+    count of test definitions times the mean seconds per test of the measured files, ``SECONDS_PER_UNKNOWN_TEST``
+    when none is measured.
+    """
+    tests = tests or {}
+    walls = walls or {}
+    junit = {f: sum(t.values()) for f, t in tests.items()}
+    both = [f for f in files if f in walls and f in junit]
+    junit_both = sum(junit[f] for f in both)
+    ratio = 1.0
+    if junit_both > 1e-6:
+        low, high = WALL_RATIO_BOUNDS
+        ratio = min(high, max(low, sum(walls[f] for f in both) / junit_both))
+    seconds: dict[str, float] = {}
+    for f in files:
+        if f in walls:
+            seconds[f] = walls[f]
+        elif f in junit:
+            seconds[f] = junit[f] * ratio
+    known = [(seconds[f], counts.get(f, 1)) for f in files if f in seconds]
+    per_test = sum(s for s, _ in known) / max(1, sum(c for _, c in known)) if known else SECONDS_PER_UNKNOWN_TEST
+    basis = BASIS_WALLS if any(f in walls for f in files) else BASIS_DURATIONS if known else BASIS_COUNTS
+    return [TestFile(f, seconds.get(f, counts.get(f, 1) * per_test)) for f in files], basis
+
+
+def max_shards(work: CellWork, split_files: bool = True) -> int:
+    """The most shards a cell's files allow: one per file, or per known test of a file that can be cut."""
+    return sum(
+        len(work.tests.get(f.path, ())) if split_files and len(work.tests.get(f.path, ())) >= 2 else 1
+        for f in work.files
+    )
+
+
+Score = tuple[float, int, float]  # (makespan, slots that end at the makespan, sum of squared slot loads)
+
+
+NO_SCORE: Score = (math.inf, 0, math.inf)
+
+
+def _score(desc: Sequence[float], slots: int, bound: float = math.inf) -> Score:
+    """The coordinator's schedule of shard times ``desc`` (longest first), each on the earliest free slot;
+    ``NO_SCORE`` as soon as a slot would end after ``bound``."""
+    first = min(slots, len(desc))
+    if not first:
+        return 0.0, 0, 0.0
+    loads = list(desc[:first])  # the longest shards start at once, one per slot
+    heapq.heapify(loads)
+    top = desc[0]
+    for t in itertools.islice(desc, first, None):
+        end = loads[0] + t
+        if end > top:
+            top = end
+            if top > bound:
+                return NO_SCORE
+        heapq.heapreplace(loads, end)
+    return top, sum(x >= top - 1e-9 for x in loads), math.fsum(x * x for x in loads)
+
+
+def simulate(times: Iterable[float], slots: int) -> float:
+    """Predicted makespan of shards with these times on ``slots`` slots, started longest first (see
+    ``Coordinator._enqueue``), each on the earliest free slot."""
+    return _score(sorted(times, reverse=True), max(1, slots))[0]
+
+
+class _Search:
+    """The greedy search over shard counts; layouts cached per (group, count)."""
+
+    def __init__(self, works: Sequence[CellWork], slots: int, split_files: bool) -> None:
+        self.works = works
+        self.slots = max(1, slots)
+        self.split_files = split_files
+        self.cache: dict[tuple[str, int], tuple[list[Layout], tuple[float, ...]]] = {}
+        self.squares = 0.0  # sum of the squared shard times in the pool (their slots' loads, while they fit)
+
+    def layout(self, i: int, count: int) -> tuple[list[Layout], tuple[float, ...]]:
+        """Cell ``i``'s layout for ``count`` shards, and its shards' predicted times (work + fixed cost)."""
+        work = self.works[i]
+        key = (work.group or f"\0{i}", count)
+        hit = self.cache.get(key)
+        if hit is None:
+            tests = work.tests if self.split_files else None
+            layout = layout_lpt(work.files, count, tests)
+            hit = (layout, tuple(lay.predicted + work.fixed_cost for lay in layout))
+            self.cache[key] = hit
+        return hit
+
+    def evaluate(self, pool: list[float], old: Sequence[float], new: Sequence[float], bound: float = math.inf) -> Score:
+        """The schedule's score with one cell's shard times ``old`` replaced by ``new`` (``NO_SCORE`` when it
+        ends after ``bound``)."""
+        if len(pool) - len(old) + len(new) <= self.slots:  # every shard has a slot of its own: no copy needed
+            leaving = Counter(old)
+            j = len(pool) - 1
+            while j >= 0 and leaving[pool[j]] > 0:  # the longest shard that stays
+                leaving[pool[j]] -= 1
+                j -= 1
+            top = max(pool[j] if j >= 0 else 0.0, max(new, default=0.0))
+            ending = len(pool) - bisect.bisect_left(pool, top - 1e-9)
+            ending += sum(t >= top - 1e-9 for t in new) - sum(t >= top - 1e-9 for t in old)
+            return top, ending, self.squares + sum(t * t for t in new) - sum(t * t for t in old)
+        trial = pool.copy()
+        for t in old:
+            del trial[bisect.bisect_left(trial, t)]
+        for t in new:
+            bisect.insort(trial, t)
+        return _score(trial[::-1], self.slots, bound)
+
+    def run(self, counts: list[int], caps: list[int], auto: list[int]) -> int:
+        """Add shards to auto cells while that shortens the simulated matrix; leaves the best counts in
+        ``counts``. Returns the number of shards added."""
+        times = {i: self.layout(i, counts[i])[1] for i in range(len(self.works))}
+        pool = sorted(t for ts in times.values() for t in ts)
+        if not pool:
+            return 0
+        self.squares = math.fsum(t * t for t in pool)
+        score = self.evaluate(pool, (), ())
+        best_makespan, best_counts, steps, best_steps = score[0], list(counts), 0, 0
+        patience = max(2, score[1])  # level steps allowed in a row: about one per slot that ends last
+        stale = 0
+        # the growable auto cells, longest shard first (ties: matrix order); entries of a cell that grew since are
+        # dropped when they come up
+        heap = [(-max(times[i], default=0.0), i, counts[i]) for i in auto if counts[i] < caps[i]]
+        heapq.heapify(heap)
+        full: set[tuple[str, int]] = set()  # (group, count) whose pieces cannot fill more shards
+        while heap:
+            tried: list[tuple[float, int, int]] = []
+            seen: set[tuple[str, int]] = set()
+            choice: tuple[Score, int, int] | None = None
+            while heap and len(seen) < MAX_CANDIDATES and len(tried) < MAX_SCANNED:
+                entry = heapq.heappop(heap)
+                i = entry[1]
+                if entry[2] != counts[i]:
+                    continue  # an entry from before the cell grew
+                signature = (self.works[i].group or f"\0{i}", counts[i])
+                if signature in full:
+                    continue  # it stays as it is
+                if signature in seen:
+                    tried.append(entry)  # the same inputs and count as a cell tried already: the same outcome
+                    continue
+                seen.add(signature)
+                grows = False
+                # one shard more; or two when one more is no better (two long files cut for 5 shards pack worse
+                # than for 4 or 6)
+                for step in range(1, min(LOOKAHEAD, caps[i] - counts[i]) + 1):
+                    new = self.layout(i, counts[i] + step)[1]
+                    if len(new) <= len(times[i]):
+                        continue  # its pieces cannot fill more shards
+                    grows = True
+                    # a trial ending after the current plan or the best candidate so far cannot be taken
+                    bound = min(score[0], choice[0][0] if choice else math.inf) + 1e-9
+                    trial = self.evaluate(pool, times[i], new, bound)
+                    if choice is None or trial < choice[0]:
+                        choice = (trial, i, step)
+                    if trial < score:
+                        break
+                if grows:
+                    tried.append(entry)
+                else:
+                    full.add(signature)
+            for entry in tried:
+                heapq.heappush(heap, entry)
+            if choice is None:
+                break
+            trial, i, step = choice
+            better = trial[0] < score[0] - 1e-9
+            # as long, but fewer slots end last, or as many and the loads more even: a step towards a shorter
+            # matrix (kept only if one comes)
+            level = trial[0] <= score[0] + 1e-9 and (
+                trial[1] < score[1] or (trial[1] == score[1] and trial[2] < score[2] * (1 - 1e-9) - 1e-9)
+            )
+            if not (better or level):
+                break
+            new = self.layout(i, counts[i] + step)[1]
+            for t in times[i]:
+                del pool[bisect.bisect_left(pool, t)]
+            for t in new:
+                bisect.insort(pool, t)
+            self.squares += sum(t * t for t in new) - sum(t * t for t in times[i])
+            counts[i] += step
+            times[i] = new
+            steps += step
+            score = trial
+            if counts[i] < caps[i]:
+                heapq.heappush(heap, (-max(new), i, counts[i]))
+            if score[0] < best_makespan - max(MIN_GAIN_SECONDS, MIN_GAIN_FRACTION * best_makespan):
+                best_makespan, best_counts, best_steps, stale = score[0], list(counts), steps, 0
+                patience = max(2, score[1])
+            elif not better:
+                stale += 1  # a level step: kept only if the steps after it pay off
+                if stale > patience:
+                    break
+        counts[:] = best_counts
+        return best_steps
+
+
+def size_shards(
+    works: Sequence[CellWork], slots: int, shard_target: float = 0.0, split_files: bool = True
+) -> MatrixPlan:
+    """Shard counts and layouts for the whole matrix at once, for the predicted makespan on ``slots`` slots.
+
+    A cell with a fixed count (``CellWork.shards``: an integer ``tests.shards`` or ``--shards``) keeps it. An
+    auto cell starts from the least shards that keep each shard's work within ``shard_target`` (``tests.shard-
+    target``; 0: none), then the search adds one shard at a time to the auto cell whose extra shard lowers the
+    simulated makespan most (tried among the cells holding the longest shards), and keeps the counts of the last
+    step that shortened the matrix by more than ``MIN_GAIN_SECONDS`` and ``MIN_GAIN_FRACTION`` of it. A step that
+    leaves the makespan as it is but has fewer slots ending last (or spreads the loads more evenly) is taken too,
+    and kept only if the steps after it pay off: two equal cells on four slots gain nothing from splitting one
+    and half the matrix from splitting both.
+
+    No auto cell gets more shards than the slots, than its files and cuttable files allow, or than leave each
+    shard ``MIN_WORK_PER_FIXED`` of its fixed cost in work; the shard target never forces more than that either.
+    The answer depends only on the inputs.
+    """
+    slots = max(1, slots)
+    search = _Search(works, slots, split_files)
+    counts: list[int] = []
+    caps: list[int] = []
+    auto: list[int] = []
+    for i, work in enumerate(works):
+        if work.shards is not None:
+            counts.append(max(1, work.shards))
+            caps.append(counts[-1])
+            continue
+        worth = math.floor(work.work / (MIN_WORK_PER_FIXED * work.fixed_cost)) if work.fixed_cost > 0 else slots
+        cap = max(1, min(slots, max_shards(work, split_files), worth))
+        least = auto_shards(work.work, shard_target, cap) if shard_target > 0 else 1
+        counts.append(least)
+        caps.append(cap)
+        auto.append(i)
+    steps = search.run(counts, caps, auto) if auto else 0
+    layouts = {work.cell_id: search.layout(i, counts[i])[0] for i, work in enumerate(works)}
+    # the schedule as the coordinator will run it: longest first (ties: matrix order, shard order), next free slot
+    shards = [(-t, i, k) for i, work in enumerate(works) for k, t in enumerate(search.layout(i, counts[i])[1], start=1)]
+    shards.sort()
+    free = [(0.0, s) for s in range(slots)]
+    schedule: dict[tuple[str, int], tuple[int, float]] = {}
+    makespan = 0.0
+    for neg, i, k in shards:
+        start, slot = heapq.heappop(free)
+        schedule[(works[i].cell_id, k)] = (slot, start)
+        makespan = max(makespan, start - neg)
+        heapq.heappush(free, (start - neg, slot))
+    return MatrixPlan(layouts, makespan, slots, schedule, steps)
+
+
+@dataclass
+class Planned:
+    """Everything decided before Docker or Ray is touched: what ``--dry-run`` shows."""
+
+    mf: config.MatrixFile
+    cells: list[matrix.Cell]
+    tree: SourceTree
+    shards: dict[str, list[Shard]]  # Shard.predicted: the shard's predicted wall seconds (work + fixed cost)
+    measured: set[str]  # cells whose plan rests on measured durations (else on test counts)
+    scope: str
+    slots: int = 1  # the slots the plan was sized for
+    makespan: float = 0.0  # predicted seconds from the first shard's start to the last one's end
+    fixed_costs: dict[str, float] = field(default_factory=dict)  # cell id -> predicted fixed seconds per shard
+    basis: dict[str, str] = field(default_factory=dict)  # cell id -> what its predictions rest on (BASIS_*)
+    auto: set[str] = field(default_factory=set)  # cells whose shard count the planner chose (tests.shards: auto)
+    schedule: dict[str, tuple[int, float]] = field(default_factory=dict)  # shard id -> (slot, predicted start)
+
+
+def history_scope(mf: config.MatrixFile) -> str:
+    return f"{mf.name}@{mf.project.name}"
+
+
+def default_slots(mf: config.MatrixFile, cells: Sequence[Cell], max_parallel: int | None = None) -> int:
+    """Shards that run at once when the caller knows no better: ``--max-parallel``, else ``strategy.max-parallel``,
+    else this host's cores divided by the most CPUs a shard asks for (``resources.cpus``)."""
+    per_shard = max((c.resources.cpus for c in cells), default=1.0) or 1.0
+    return max(1, max_parallel or mf.strategy.max_parallel or int((os.cpu_count() or 1) // per_shard))
+
+
+def plan_matrix(
+    matrix_path: str,
+    select: Sequence[str],
+    shards_override: int | None = None,
+    history: History | None = None,
+    max_parallel: int | None = None,
+    slots: int | None = None,
+) -> Planned:
+    """Load, expand and plan a matrix file: everything decided before Docker or Ray is touched.
+
+    ``slots``: shards the cluster runs at once, which ``tests.shards: auto`` sizes for (None: ``default_slots``).
+    """
+    mf = config.load(matrix_path)
+    cells = matrix.expand(mf, select)
+    slots = max(1, slots) if slots else default_slots(mf, cells, max_parallel)
+    tree = snapshot(mf.project)
+    settings = read_pytest_settings(mf.project, mf.tests.workdir)
+    files = discover(tree, mf.tests.paths, settings, mf.tests.workdir)
+    if not files:
+        where = ", ".join(mf.tests.paths or settings.testpaths or (".",))
+        raise UserError(
+            f"{mf.path}: tests.paths: no test files found under {where} in {mf.project} "
+            f"(looked for {' '.join(settings.python_files)}); set tests.paths",
+            ExitCode.NO_TESTS,
+        )
+    scope = history_scope(mf)
+    counts = count_tests(tree, files)
+    own = history.measured_cells(scope) if history is not None else set()
+    borrowed: tuple[tuple[TestFile, ...], dict[str, dict[str, float]], float, str] | None = None
+    fixed_count = shards_override or (None if mf.tests.shards == "auto" else int(mf.tests.shards))
+    works: list[CellWork] = []
+    for cell in cells:
+        if cell.id in own or borrowed is None:
+            tests = history.tests(scope, cell.id) if history is not None else {}
+            walls = history.file_walls(scope, cell.id) if history is not None else {}
+            fixed = history.fixed_cost(scope, cell.id) if history is not None else None
+            estimates, basis = predict_work(files, counts, tests, walls)
+            data = (tuple(estimates), tests, COLD_FIXED_COST if fixed is None else fixed, basis)
+            if cell.id not in own:
+                borrowed = data  # every cell without measurements of its own borrows the same numbers
+        else:
+            data = borrowed
+        works.append(
+            CellWork(
+                cell.id,
+                data[0],
+                data[1],
+                data[2],
+                fixed_count,
+                group="" if cell.id in own else "borrowed",
+                basis=data[3],
+            )
+        )
+    sized = size_shards(works, slots, mf.tests.shard_target, mf.tests.split_files)
+    shards: dict[str, list[Shard]] = {}
+    for cell, work in zip(cells, works, strict=True):
+        layout = sized.layouts[cell.id]
+        shards[cell.id] = [
+            Shard(cell.id, i + 1, len(layout), lay.files, lay.predicted + work.fixed_cost, lay.only, lay.skip)
+            for i, lay in enumerate(layout)
+        ]
+    return Planned(
+        mf,
+        cells,
+        tree,
+        shards,
+        measured={w.cell_id for w in works if w.basis != BASIS_COUNTS},
+        scope=scope,
+        slots=slots,
+        makespan=sized.makespan,
+        fixed_costs={w.cell_id: w.fixed_cost for w in works},
+        basis={w.cell_id: w.basis for w in works},
+        auto=set() if fixed_count is not None else {c.id for c in cells},
+        schedule={shards[cell_id][k - 1].id: where for (cell_id, k), where in sized.schedule.items()},
+    )

@@ -4,8 +4,10 @@ two processes writing to one store at once."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import time as real_time
 import traceback
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from typing import Any
 import pytest
 
 from runner import history
+from runner.container import ShardOutcome
 from runner.history import History
+from runner.results import Attempt, Case, CellResult, Status, fold, junit_names
 
 DAY = 86400.0
 T0 = 1_750_000_000.0
@@ -339,3 +343,285 @@ def test_two_processes_creating_the_store_at_once(tmp_path: Path) -> None:
             assert h.tests("demo@proj", "cell-2") == {"t.py": {"t.py::test_2": 2.0}}
         finally:
             h.close()
+
+
+# --- what a finished cell teaches the planner: file walls and the per-shard fixed cost -------------------------------
+
+
+def case(nodeid: str, seconds: float, status: Status = Status.PASSED) -> Case:
+    classname, name = junit_names(nodeid)
+    return Case(classname, name, status, seconds, ET.Element("testcase"), nodeid)
+
+
+def attempt(
+    shard: str,
+    number: int = 1,
+    kind: str = "ok",
+    wall: float = 0.0,
+    walls: dict[str, float] | None = None,
+    cases: list[Case] | None = None,
+    collected: list[str] | None = None,
+    order: list[str] | None = None,
+    rootdir: str = "",
+) -> Attempt:
+    cases = cases or []
+    finished = {c.nodeid for c in cases if c.nodeid}
+    return Attempt(
+        shard=shard,
+        attempt=number,
+        kind=kind,
+        reason="",
+        cases=cases,
+        collected=collected if collected is not None else sorted(finished),
+        finished=finished,
+        running=None,
+        outcome=ShardOutcome("c", shard, number, 0 if kind == "ok" else None),
+        wall=wall,
+        order=order or [],
+        rootdir=rootdir,
+        file_walls=walls or {},
+    )
+
+
+def cell_of(*attempts: Attempt) -> CellResult:
+    tests = fold(attempts)
+    return CellResult("c", {}, Status.PASSED, "", tests, list(attempts), 0.0)
+
+
+def two_shard_cell() -> CellResult:
+    """Shard 1 runs a.py and the first half of split.py, shard 2 the rest of split.py; b.py fails once, then passes."""
+    a = [case("a.py::t1", 1.0), case("a.py::t2", 2.0)]
+    split = [case(f"split.py::t{k}", 1.0) for k in range(4)]
+    order = ["a.py::t1", "a.py::t2", *(c.nodeid or "" for c in split)]
+    return cell_of(
+        attempt("shard-1of2", wall=10.0, walls={"a.py": 3.5, "split.py": 2.5}, cases=[*a, *split[:2]], order=order),
+        attempt(
+            "shard-2of2",
+            wall=6.0,
+            walls={"split.py": 2.0, "b.py": 1.0},
+            cases=[*split[2:], case("b.py::f", 0.5, Status.FAILED)],
+        ),
+        attempt("shard-2of2", number=2, wall=3.0, walls={"b.py": 0.6}, cases=[case("b.py::f", 0.6)]),
+    )
+
+
+def test_file_walls_sum_a_split_file_over_its_shards_and_ignore_reruns() -> None:
+    assert history.measured_file_walls(two_shard_cell()) == {"a.py": 3.5, "b.py": 1.0, "split.py": 4.5}
+
+
+def test_fixed_cost_is_the_median_of_first_attempts_wall_minus_their_file_walls() -> None:
+    # shard 1: 10 - 6 = 4; shard 2: 6 - 3 = 3; the rerun does not count
+    assert history.measured_fixed_cost(two_shard_cell()) == pytest.approx(3.5)
+    assert history.measured_fixed_cost(cell_of(attempt("shard-1of1", wall=0.0, walls={"a.py": 1.0}))) is None
+    assert history.measured_fixed_cost(cell_of(attempt("shard-1of1", kind="timeout", wall=9.0))) is None
+    # walls longer than the wall (clocks of two machines): never a negative cost
+    assert history.measured_fixed_cost(cell_of(attempt("shard-1of1", wall=1.0, walls={"a.py": 1.2}))) == 0.0
+
+
+def test_files_cut_short_are_not_measured() -> None:
+    order = ["split.py::t0", "split.py::t1", "split.py::t2"]
+    cell = cell_of(
+        # shard 1 ran its part of split.py and all of a.py
+        attempt(
+            "shard-1of2",
+            wall=5.0,
+            walls={"split.py": 1.0, "a.py": 2.0},
+            cases=[case("split.py::t0", 1.0), case("a.py::t", 2.0)],
+            order=[*order, "a.py::t"],
+        ),
+        # shard 2 (the rest of split.py, and c.py) timed out: neither file is whole
+        attempt(
+            "shard-2of2",
+            kind="timeout",
+            wall=9.0,
+            walls={"split.py": 1.0, "c.py": 3.0},
+            cases=[case("split.py::t1", 1.0), case("c.py::x", 3.0)],
+            collected=["split.py::t1", "split.py::t2", "c.py::x", "c.py::y"],
+            order=order,
+        ),
+    )
+
+    assert history.measured_file_walls(cell) == {"a.py": 2.0}
+
+
+def test_a_cancelled_part_of_a_split_file_leaves_the_file_unmeasured() -> None:
+    order = [f"split.py::t{k}" for k in range(4)]
+    # only shard 1 ran (shard 2 was cancelled before it started): its order shows the file has four tests
+    cell = cell_of(
+        attempt(
+            "shard-1of2",
+            wall=4.0,
+            walls={"split.py": 2.0},
+            cases=[case("split.py::t0", 1.0), case("split.py::t1", 1.0)],
+            order=order,
+        )
+    )
+
+    assert history.measured_file_walls(cell) == {}
+
+
+def test_file_walls_are_project_relative_under_a_rootdir() -> None:
+    cell = cell_of(
+        attempt(
+            "shard-1of1", wall=3.0, walls={"sub/tests/t.py": 1.0}, cases=[case("tests/t.py::a", 1.0)], rootdir="sub"
+        )
+    )
+
+    assert history.measured_file_walls(cell) == {"sub/tests/t.py": 1.0}
+
+
+def test_measured_durations_match_the_summarys() -> None:
+    from runner import summary
+
+    cell = two_shard_cell()
+
+    assert history.measured_durations(cell) == summary.measured_durations(cell)
+    assert ("b.py::f", 0.5, 0) in history.measured_durations(cell)  # the first attempt's time stands
+
+
+def test_record_cell_stores_durations_walls_and_fixed_cost(store: History) -> None:
+    recorded = store.record_cell("demo@proj", "c", two_shard_cell())
+
+    assert (recorded.durations, recorded.files) == (7, 3)
+    assert recorded.fixed_cost == pytest.approx(3.5)
+    assert store.tests("demo@proj", "c")["split.py"] == {f"split.py::t{k}": 1.0 for k in range(4)}
+    assert store.file_walls("demo@proj", "c") == {"a.py": 3.5, "b.py": 1.0, "split.py": 4.5}
+    assert store.fixed_cost("demo@proj", "c") == pytest.approx(3.5)
+
+
+def test_record_cell_of_a_cell_that_measured_nothing_writes_nothing(store: History) -> None:
+    assert store.record_cell("s", "c", cell_of(attempt("shard-1of1", kind="infra"))) == (0, 0, None)
+    for table in ("durations", "file_walls", "fixed_costs"):
+        assert store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,)
+
+
+def test_walls_and_fixed_costs_fold_into_a_moving_average(store: History) -> None:
+    store.record_walls("s", "c", {"a.py": 10.0}, 2.0)
+    store.record_walls("s", "c", {"a.py": 20.0, "b.py": 1.0}, 4.0)
+    w = history.WEIGHT_NEW
+
+    assert store.file_walls("s", "c") == {"a.py": pytest.approx(w * 20 + (1 - w) * 10), "b.py": 1.0}
+    assert store.fixed_cost("s", "c") == pytest.approx(w * 4 + (1 - w) * 2)
+
+
+def test_a_cell_never_measured_borrows_walls_and_fixed_cost_from_its_siblings(store: History) -> None:
+    store.record_walls("s", "py3.11", {"a.py": 2.0, "b.py": 1.0}, 1.0)
+    store.record_walls("s", "py3.13", {"a.py": 4.0}, 3.0)
+
+    assert store.file_walls("s", "py3.9") == {"a.py": 3.0, "b.py": 1.0}
+    assert store.fixed_cost("s", "py3.9") == pytest.approx(2.0)
+    assert store.file_walls("s", "py3.11") == {"a.py": 2.0, "b.py": 1.0}  # its own, never mixed
+    assert store.fixed_cost("other", "py3.9") is None  # nothing in that scope: the planner's cold constant
+    assert store.file_walls("other", "py3.9") == {}
+    assert store.measured_cells("s") == {"py3.11", "py3.13"}
+
+
+def test_file_walls_age_out_and_stay_bounded(store: History, clock: FakeTime, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.record_walls("s", "old", {"a.py": 1.0}, 1.0)
+    clock.now = T0 + (history.MAX_AGE_DAYS + 1) * DAY
+    store.record_walls("s", "new", {"b.py": 1.0}, 1.0)
+
+    assert store.db.execute("SELECT cell FROM file_walls").fetchall() == [("new",)]
+    assert store.db.execute("SELECT cell FROM fixed_costs").fetchall() == [("new",)]
+
+    monkeypatch.setattr(history, "MAX_ROWS", 3)
+    clock.now += 1
+    store.record_walls("s", "new", {f"f{i}.py": 1.0 for i in range(5)})
+    assert store.db.execute("SELECT COUNT(*) FROM file_walls").fetchone() == (3,)
+
+
+OLD_SCHEMA = """
+CREATE TABLE durations (
+    scope TEXT NOT NULL, cell TEXT NOT NULL, nodeid TEXT NOT NULL, file TEXT NOT NULL,
+    seconds REAL NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (scope, cell, nodeid)
+);
+CREATE INDEX durations_by_cell ON durations (scope, cell);
+CREATE TABLE results (
+    key TEXT PRIMARY KEY, scope TEXT NOT NULL, cell TEXT NOT NULL, suite BLOB NOT NULL, created REAL NOT NULL
+);
+"""
+
+
+def test_a_store_written_by_an_older_matrix_run_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.execute("INSERT INTO durations VALUES ('s', 'c', 't.py::a', 't.py', 3.0, ?)", (real_time.time(),))
+    db.execute("INSERT INTO results VALUES ('k', 's', 'c', x'00', 1.0)")
+    db.commit()
+    db.close()
+
+    h = History(path)
+    try:
+        assert h.tests("s", "c") == {"t.py": {"t.py::a": 3.0}}
+        assert h.cached("k") == b"\0"
+        assert h.db.execute("PRAGMA user_version").fetchone() == (history.SCHEMA_VERSION,)
+        h.record_cell("s", "c", two_shard_cell())
+        assert h.fixed_cost("s", "c") == pytest.approx(3.5)
+    finally:
+        h.close()
+    again = History(path)  # opening an upgraded store again changes nothing
+    try:
+        assert again.file_walls("s", "c") == {"a.py": 3.5, "b.py": 1.0, "split.py": 4.5}
+    finally:
+        again.close()
+
+
+def test_an_older_matrix_run_still_uses_an_upgraded_store(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    h = History(path)
+    h.record_walls("s", "c", {"t.py": 2.0}, 1.0)
+    h.close()
+
+    db = sqlite3.connect(path)  # what the older code does: its own schema script, then its queries
+    old = OLD_SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
+    db.executescript(old.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
+    db.execute(
+        "INSERT INTO durations (scope, cell, nodeid, file, seconds, updated) "
+        "VALUES ('s', 'c', 't.py::a', 't.py', 1.0, ?)",
+        (real_time.time(),),
+    )
+    db.commit()
+    assert db.execute("SELECT file, seconds FROM durations").fetchall() == [("t.py", 1.0)]
+    db.close()
+
+    again = History(path)
+    try:
+        assert again.tests("s", "c") == {"t.py": {"t.py::a": 1.0}}
+        assert again.file_walls("s", "c") == {"t.py": 2.0}
+    finally:
+        again.close()
+
+
+def _record_cells(path: str, who: int, start: Any, errors: Any) -> None:
+    try:
+        start.wait(timeout=120)
+        h = History(Path(path))
+        try:
+            for i in range(200):
+                h.record_walls("demo@proj", f"cell-{who}", {f"t{i}.py": float(who)}, float(who))
+                h.record_walls("demo@proj", "shared", {f"s{who}_{i}.py": 1.0}, 1.0)
+                h.file_walls("demo@proj", "shared")
+        finally:
+            h.close()
+        errors.put((who, ""))
+    except BaseException:
+        start.abort()
+        errors.put((who, traceback.format_exc()))
+
+
+def test_two_processes_recording_walls_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+
+    outcomes = run_two_processes(_record_cells, str(path))
+
+    assert outcomes == [(1, ""), (2, "")]
+    h = History(path)
+    try:
+        for who in (1, 2):
+            assert h.file_walls("demo@proj", f"cell-{who}") == {f"t{i}.py": float(who) for i in range(200)}
+            assert h.fixed_cost("demo@proj", f"cell-{who}") == pytest.approx(float(who))
+        assert len(h.file_walls("demo@proj", "shared")) == 400
+    finally:
+        h.close()

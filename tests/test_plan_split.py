@@ -114,8 +114,8 @@ def real_loads(shards: Sequence[plan.Shard], suite: Suite, truth: Seconds) -> li
 
 
 def estimates(suite: Suite, history: Seconds, per_unknown_test: float = 0.1) -> list[plan.TestFile]:
-    """File weights the way ``cli.plan_run`` + ``plan.estimate`` make them: history's sum where known, else the count
-    of tests times the mean seconds per known test."""
+    """File weights the way ``plan.plan_matrix`` and ``plan.estimate`` make them: history's sum where known, else
+    the count of tests times the mean seconds per known test."""
     known = {f: sum(t.values()) for f, t in history.items()}
     pairs = [(known[f], len(ids)) for f, ids in suite.items() if f in known]
     per_test = sum(s for s, _ in pairs) / max(1, sum(c for _, c in pairs)) if pairs else per_unknown_test
