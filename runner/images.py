@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from runner.matrix import Cell
 
 RECIPE_VERSION = "4"  # how dependency images are made
-SOURCE_RECIPE = "3"  # how source layers are made (container_side/prepare.py)
+SOURCE_RECIPE = "4"  # how source layers are made (container_side/prepare.py)
 TEST_UID = 1000  # the unprivileged user shards run as (prepare.py adds it to the source layer)
 LABEL_BASE_ID = "matrix-run.base-id"  # on a dependency image: the id of the base image it was built from
 VENV = "/opt/matrix-run/venv"

@@ -46,6 +46,38 @@ class PytestSettings:
     doctest_glob: tuple[str, ...] = ("test*.txt",)
     configfile: str = ""
     configdir: str = ""  # the config file's folder relative to the project ("" = the root): pytest's rootdir
+    addopts: tuple[str, ...] = ()  # the config's addopts, split as pytest splits them
+
+
+# Options that make pytest run no test, or wait for a person, whatever matrix-run adds: a run with them could only
+# end as "error" in every shard (or hang until tests.timeout), so they are refused before any container starts.
+CONFLICTING_OPTIONS = {
+    "--collect-only": "collects tests without running them",
+    "--co": "collects tests without running them",
+    "--setup-only": "runs fixtures, not tests",
+    "--setup-plan": "shows fixtures, runs no test",
+    "--fixtures": "lists fixtures, runs no test",
+    "--funcargs": "lists fixtures, runs no test",
+    "--fixtures-per-test": "lists fixtures, runs no test",
+    "--markers": "lists markers, runs no test",
+    "--pdb": "stops in a debugger that no one can answer inside a shard",
+    "--trace": "stops in a debugger that no one can answer inside a shard",
+    "--help": "prints help, runs no test",
+    "--version": "prints the version, runs no test",
+    "-p no:matrix_run_plugin": "blocks the plugin matrix-run reads every result from",
+}
+
+
+def conflicting_option(args: Sequence[str]) -> tuple[str, str] | None:
+    """The first of ``args`` that no shard can run with, and why; None when there is none."""
+    for i, arg in enumerate(args):
+        name = arg.split("=", 1)[0]
+        if name in CONFLICTING_OPTIONS:
+            return name, CONFLICTING_OPTIONS[name]
+        joined = f"{arg} {args[i + 1]}" if arg == "-p" and i + 1 < len(args) else arg.replace("-pno:", "-p no:")
+        if joined in CONFLICTING_OPTIONS:
+            return joined, CONFLICTING_OPTIONS[joined]
+    return None
 
 
 @dataclass(frozen=True)
@@ -144,6 +176,7 @@ def read_pytest_settings(root: Path, start: str = "") -> PytestSettings:
         doctest_glob=tuple(globs) or ("test*.txt",),
         configfile=configfile,
         configdir=configdir,
+        addopts=tuple(args),
     )
 
 
@@ -723,6 +756,19 @@ def plan_matrix(
     slots = max(1, slots) if slots else default_slots(mf, cells, max_parallel)
     tree = snapshot(mf.project)
     settings = read_pytest_settings(mf.project, mf.tests.workdir)
+    clash = conflicting_option(settings.addopts)
+    if clash is not None:
+        raise UserError(
+            f"{mf.project / settings.configfile}: addopts has {clash[0]}, which {clash[1]}: every shard would "
+            "fail; take it out of addopts (matrix-run runs the suite as it is otherwise configured)"
+        )
+    for cell in cells:
+        clash = conflicting_option(cell.command)
+        if clash is not None:
+            raise mf.error(
+                "tests.command" if clash[0].split()[0] in mf.tests.command else "tests.args",
+                f"{clash[0]} {clash[1]}: every shard of {cell.id} would fail; remove it",
+            )
     files = discover(tree, mf.tests.paths, settings, mf.tests.workdir)
     if not files:
         where = ", ".join(mf.tests.paths or settings.testpaths or (".",))

@@ -464,3 +464,48 @@ def test_shard_ids_name_the_cell() -> None:
         "python-3.11/shard-3of3",
     ]
     assert shards[0].slug == "shard-1of3"
+
+
+# --- options no shard can run with, refused before any container starts ------------------------------------------
+
+
+def _conflict_project(tmp_path: Path, addopts: str = "") -> Path:
+    project = tmp_path / "proj"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
+    if addopts:
+        (project / "pytest.ini").write_text(f"[pytest]\naddopts = {addopts}\n")
+    return project
+
+
+@pytest.mark.parametrize(
+    "addopts", ["--collect-only", "-q --co", "--pdb", "-p no:matrix_run_plugin", "-pno:matrix_run_plugin"]
+)
+def test_an_addopts_option_that_runs_no_test_is_refused_in_one_line(tmp_path: Path, addopts: str) -> None:
+    from runner.errors import UserError
+
+    project = _conflict_project(tmp_path, addopts)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(f"project: {project}\nmatrix: {{python: ['3.11']}}\n")
+    with pytest.raises(UserError, match=r"pytest\.ini: addopts has .*every shard would fail") as info:
+        plan.plan_matrix(str(matrix), [])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("args", "['--collect-only']"), ("command", "[python, -m, pytest, --trace]")]
+)
+def test_a_test_command_option_that_runs_no_test_is_refused_naming_the_key(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    from runner.errors import ConfigError
+
+    project = _conflict_project(tmp_path)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(f"project: {project}\nmatrix: {{python: ['3.11']}}\ntests:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"m\.yaml:4: tests\.{key}: --"):
+        plan.plan_matrix(str(matrix), [])
+
+
+def test_options_that_only_change_how_tests_run_are_not_conflicts() -> None:
+    assert plan.conflicting_option(["-x", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml=o.xml"]) is None

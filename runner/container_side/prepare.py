@@ -13,6 +13,7 @@ file it imports.
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,9 +25,25 @@ SETUP_FAILED = 250  # the project could not be installed: an error of the cell, 
 WARM_TIMEOUT = 120  # seconds the bytecode collection may take; it only saves time, so it never fails the build
 
 
+def is_package(src):
+    """Whether the project is something pip can install: a setup.py, or a pyproject.toml with a [build-system]
+    table or beside a setup.cfg (setuptools' legacy backend). A pyproject.toml that holds only tool settings
+    ([tool.pytest.ini_options], [tool.ruff]) is no package, nor is a lone setup.cfg. runner.images.build_requires
+    decides the same way which build backend the image gets."""
+    if os.path.exists(os.path.join(src, "setup.py")):
+        return True
+    path = os.path.join(src, "pyproject.toml")
+    if not os.path.exists(path):
+        return False
+    if os.path.exists(os.path.join(src, "setup.cfg")):
+        return True
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return re.search(r"^\s*\[build-system\]", fh.read(), re.MULTILINE) is not None
+
+
 def install_project(src):
     """Install the project without network: editable first, a regular build when the backend cannot edit."""
-    if not (os.path.exists(os.path.join(src, "pyproject.toml")) or os.path.exists(os.path.join(src, "setup.py"))):
+    if not is_package(src):
         return
     env = dict(os.environ)
     if not os.path.exists(os.path.join(src, "PKG-INFO")):

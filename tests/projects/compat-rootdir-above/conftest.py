@@ -1,0 +1,6 @@
+import pytest
+
+
+@pytest.fixture
+def root_value():
+    return "from the root conftest"

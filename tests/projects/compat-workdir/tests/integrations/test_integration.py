@@ -1,0 +1,3 @@
+# not under tests.paths (unittests): must not run
+def test_integration():
+    assert True

@@ -1,0 +1,2 @@
+def test_third():
+    assert [1, 2][-1] == 2
