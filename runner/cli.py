@@ -71,7 +71,7 @@ def _history(args: argparse.Namespace) -> History:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import cache, engine, images, junit, outdir, summary, workspace
+    from runner import cache, engine, github, images, junit, outdir, summary, workspace
     from runner.coordinator import Coordinator, RunOptions, RunResults
     from runner.progress import make_view
 
@@ -159,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")
     if covered is not None:
         print(f"coverage: {covered.percent:.1f}% of {covered.files} file(s) -> {out}/coverage.xml, htmlcov/index.html")
+    github.emit(results, os.environ, mf.project, mf.name, status, covered)  # annotations, $GITHUB_STEP_SUMMARY
     out_folder.release()
     if ran.cluster_lost:
         # Ray's core ends a process whose GCS is gone after a minute, and its exit handler would block on it:
@@ -211,6 +212,13 @@ def cmd_images_bootstrap(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from runner import schema
+
+    sys.stdout.write(schema.results_schema_text())
+    return ExitCode.OK
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the project's usage exit code (4) instead of argparse's 2 (which means interrupted)."""
 
@@ -259,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("suite", help="Debian suite: bullseye, bookworm, trixie, ...")
     boot.add_argument("--tag", help="image tag (default matrix-run/debian:SUITE)")
     boot.set_defaults(func=cmd_images_bootstrap)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of an output file (results.json)")
+    sch.add_argument("output", nargs="?", choices=["results"], default="results", help="which file (default results)")
+    sch.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from runner.coordinator import RunResults
 from runner.coverage_merge import HTML_DIR, XML_NAME, CoverageSummary
 from runner.errors import ExitCode
-from runner.results import CellResult, Status
+from runner.results import BAD, Case, CellResult, Status, TestHistory
 
-SCHEMA_VERSION = 1
+# results.json's contract (runner/results.schema.json). 2: JUnit built from the plugin's records, shard attempts'
+# "session", the run's "fail_fast_by" and "cluster_lost"
+SCHEMA_VERSION = 2
 
 
 def run_status(results: RunResults, strict_flaky: bool = False) -> tuple[str, ExitCode]:
@@ -172,41 +176,204 @@ def _coverage_line(coverage: CoverageSummary | None) -> str:
     )
 
 
-def write_summary_md(
-    results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
-) -> None:
-    lines = [f"# matrix-run: {name} — {status}", ""]
-    lines += [f"> {note}" for note in run_notes(results)]
-    if run_notes(results):
-        lines.append("")
+FAILURE_LINES = 12  # lines of a failure's text shown under each failed or flaky test
+LISTED_TESTS = 50  # failed (and flaky) tests listed per cell, each with the first lines of its failure
+REASON_CHARS = 3000
+CUT_NOTE_BYTES = 512  # kept free for the line that says what a size limit cut
+
+
+def display_name(hist: TestHistory) -> str:
+    """How the summary names a test: its pytest node id when known (relative to pytest's rootdir), else JUnit's
+    classname::name."""
+    nodeid = next((c.nodeid for c in (hist.first, *hist.reruns) if c.nodeid), None)
+    return nodeid or "::".join(part for part in hist.first.key if part)
+
+
+def shown_failure(hist: TestHistory) -> Case:
+    """The attempt that stands for a test's failure: its first failed attempt (for a flaky test too)."""
+    failed = hist.failed_attempts
+    return failed[0] if failed else hist.final
+
+
+def failure_excerpt(case: Case, lines: int = FAILURE_LINES) -> str:
+    """The first lines of a failure (pytest's report of it), else its one-line message."""
+    rows = case.text.strip("\n").splitlines()
+    if not "".join(rows).strip():
+        return case.message.strip()
+    shown = [row[:500] for row in rows[:lines]]
+    if len(rows) > lines:
+        shown.append(f"... ({len(rows) - lines} more line(s))")
+    return "\n".join(shown)
+
+
+def problem_tests(cell: CellResult, statuses: Iterable[Status]) -> list[tuple[str, TestHistory]]:
+    """(label, history) of the cell's tests whose final status is one of ``statuses``, by label."""
+    wanted = set(statuses)
+    return sorted(((display_name(h), h) for h in cell.tests.values() if h.status in wanted), key=lambda p: p[0])
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in ``text`` (so the text cannot close it)."""
+    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+
+
+def code_span(text: str) -> str:
+    """``text`` on one line as a Markdown code span, whatever backticks it holds."""
+    text = " ".join(text.split())
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _code_block(text: str, indent: str = "") -> list[str]:
+    fence = _fence(text)
+    return [f"{indent}{fence}", *(f"{indent}{row}" if row else "" for row in text.splitlines()), f"{indent}{fence}"]
+
+
+def _test_entry(label: str, hist: TestHistory) -> list[str]:
+    status = hist.status
+    failure = shown_failure(hist)
+    what = "flaky (passed on a rerun)" if status is Status.FLAKY else str(status)
+    message = failure.message.strip()
+    said = f": {code_span(message)}" if message else ""
+    entry = [f"- {ICON.get(str(status), '')} {code_span(label)} {what}{said}"]
+    excerpt = failure_excerpt(failure)
+    if excerpt and excerpt != message:
+        entry += _code_block(excerpt, indent="  ")
+    return entry
+
+
+def _cell_details(cell: CellResult) -> list[str]:
+    lines = [f"### `{cell.cell_id}`: {cell.status}"]
+    if cell.reason:
+        lines += ["", *_code_block(cell.reason.strip()[:REASON_CHARS])]
+    for title, statuses in (("Failed", BAD), ("Flaky", {Status.FLAKY})):
+        tests = problem_tests(cell, statuses)
+        if not tests:
+            continue
+        lines += ["", f"{title} tests ({len(tests)}):", ""]
+        for label, hist in tests[:LISTED_TESTS]:
+            lines += _test_entry(label, hist)
+        if len(tests) > LISTED_TESTS:
+            lines.append(f"- ... and {len(tests) - LISTED_TESTS} more (junit.xml has them all)")
+    return [*lines, ""]
+
+
+def _cell_stub(cell: CellResult) -> list[str]:
+    """A cell's details when they do not fit: its status and counts only."""
+    c = cell.counts()
+    return [f"- `{cell.cell_id}`: {cell.status}, {c['failures']} failed, {c['errors']} errors, {c['flaky']} flaky"]
+
+
+def _text(lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _size(lines: list[str]) -> int:
+    return len(_text(lines).encode("utf-8"))
+
+
+def summary_markdown(
+    results: RunResults,
+    name: str,
+    status: str,
+    coverage: CoverageSummary | None = None,
+    limit: int | None = None,
+) -> str:
+    """summary.md: the status line, the run's notes, the table of cells, then each cell that did not pass with its
+    reason and its failed and flaky tests (the first lines of each failure).
+
+    With ``limit`` (bytes, UTF-8) the text fits in it: the status line and the notes always stay; what is cut is the
+    per-cell details first (a cell whose details do not fit keeps one line of counts), then the table's last rows,
+    and a last line says what was cut.
+    """
+    head = [f"# matrix-run: {name} — {status}", ""]
+    notes = run_notes(results)
+    head += [f"> {note}" for note in notes]
+    if notes:
+        head.append("")
     if coverage is not None:
-        lines += [_coverage_line(coverage), ""]
-    lines.append("| cell | status | tests | passed | failed | errors | skipped | flaky | time |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        head += [_coverage_line(coverage), ""]
+    table = [
+        "| cell | status | tests | passed | failed | errors | skipped | flaky | time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
     for cell in results.cells:
         c = cell.counts()
         st = str(cell.status)
-        lines.append(
+        rows.append(
             f"| `{cell.cell_id}` | {ICON.get(st, '')} {st} | {c['tests']} | {c['passed']} | {c['failures']} | "
             f"{c['errors']} | {c['skipped']} | {c['flaky']} | {cell.duration:.1f}s |"
         )
     problems = [c for c in results.cells if c.status not in (Status.PASSED, Status.CACHED)]
-    if problems:
-        lines += ["", "## Details", ""]
-        for cell in problems:
-            rec = cell_record(cell)
-            lines.append(f"### `{cell.cell_id}`: {cell.status}")
-            if cell.reason:
-                lines += ["", "```", cell.reason.strip()[:3000], "```"]
-            for label, key in (("failed", "failed_tests"), ("flaky", "flaky_tests")):
-                names = rec[key]
-                assert isinstance(names, list)
-                if names:
-                    lines.append(f"- {label}: " + ", ".join(f"`{n}`" for n in names[:50]))
-                    if len(names) > 50:
-                        lines.append(f"  - ... and {len(names) - 50} more")
+    details = [_cell_details(cell) for cell in problems]
+    if limit is None or _size(head + table + rows) + sum(map(_size, details)) + _size(["", "## Details", ""]) <= limit:
+        lines = head + table + rows
+        if details:
+            lines += ["", "## Details", ""]
+            for block in details:
+                lines += block
+        return _text(lines)
+
+    budget = limit - CUT_NOTE_BYTES
+    lines = list(head)
+    used = _size(lines)
+    kept_rows = 0
+    if used + _size(table) <= budget:
+        lines += table
+        used += _size(table)
+        for row in rows:
+            if used + _size([row]) > budget:
+                break
+            lines.append(row)
+            used += _size([row])
+            kept_rows += 1
+    cut_details = stubbed = 0
+    if kept_rows == len(rows) and problems:
+        section = ["", "## Details", ""]
+        if used + _size(section) <= budget:
+            lines += section
+            used += _size(section)
+        stubs_begun = False
+        for cell, block in zip(problems, details, strict=True):
+            if not stubs_begun and used + _size(block) <= budget:
+                lines += block
+                used += _size(block)
+                continue
+            if not stubs_begun:  # from here on, one line of counts per cell: order kept, nothing skipped silently
+                stubs_begun = True
+                lines += ["Details cut to fit the size limit; counts only:", ""]
+                used += _size(lines[-2:])
+            stub = _cell_stub(cell)
+            if used + _size(stub) > budget:
+                cut_details += 1
+                continue
+            lines += stub
+            used += _size(stub)
+            stubbed += 1
+        if stubs_begun:
             lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        cut_details = len(problems)
+    what = []
+    if kept_rows < len(rows):
+        what.append(f"{len(rows) - kept_rows} of {len(rows)} table row(s)")
+    if stubbed or cut_details:
+        what.append(f"the details of {stubbed + cut_details} of {len(problems)} cell(s)")
+        if cut_details:
+            what[-1] += f" ({cut_details} without even their counts)"
+    lines.append(
+        f"> ✂️ cut to stay under {limit:,} bytes: {', '.join(what) or 'nothing'}; the run's summary.md, junit.xml "
+        "and results.json have everything."
+    )
+    return _text(lines)
+
+
+def write_summary_md(
+    results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
+) -> None:
+    path.write_text(summary_markdown(results, name, status, coverage), encoding="utf-8")
 
 
 def write_report_html(
@@ -270,6 +437,9 @@ def print_table(results: RunResults, status: str) -> None:
     Console(width=max(widest + 80, Console().width)).print(table)
     for cell in results.cells:
         if cell.status not in (Status.PASSED, Status.FLAKY, Status.CACHED) and cell.reason:
-            print(f"{cell.cell_id}: {cell.status}: {cell.reason.strip()[:1500]}")
+            # reasons hold the tail of the tests' own output: indented, so that no line of it starts with "::"
+            # and is read by a CI runner as a workflow command (::error::, ::add-mask::, ::stop-commands::)
+            reason = "\n  ".join(cell.reason.strip()[:1500].splitlines())
+            print(f"{cell.cell_id}: {cell.status}: {reason}")
     for note in run_notes(results):
         print(f"matrix-run: {note}")

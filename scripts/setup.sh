@@ -47,14 +47,15 @@ if [ ! -x .venv/bin/matrix-run ] || [ pyproject.toml -nt .venv/.installed ]; the
 fi
 
 if [ "$want_images" = 1 ]; then
+  logs=$(mktemp -d -t matrix-run-bootstrap.XXXXXX)  # private: a fixed name under /tmp could be a planted link
   pids=()
   for suite in bullseye bookworm trixie; do
     if ! docker image inspect "matrix-run/debian:$suite" >/dev/null 2>&1; then
       log "bootstrapping matrix-run/debian:$suite (debootstrap, no registry)"
-      .venv/bin/matrix-run images bootstrap "$suite" >"/tmp/matrix-run-bootstrap-$suite.log" 2>&1 &
+      .venv/bin/matrix-run images bootstrap "$suite" >"$logs/$suite.log" 2>&1 &
       pids+=($!)
     fi
   done
-  for pid in "${pids[@]}"; do wait "$pid" || { log "bootstrap failed; see /tmp/matrix-run-bootstrap-*.log"; exit 3; }; done
+  for pid in "${pids[@]}"; do wait "$pid" || { log "bootstrap failed; see $logs/*.log"; exit 3; }; done
 fi
 log "ready"

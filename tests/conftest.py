@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -78,7 +77,10 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None)
 
 
 def results(out: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((out / "results.json").read_text())
+    """results.json of a run, checked against runner/results.schema.json (every field described, every type right)."""
+    from tests.test_schema import validate_results
+
+    return validate_results(out / "results.json")
 
 
 def containers_of(client, run_id: str) -> list:  # type: ignore[no-untyped-def,type-arg]

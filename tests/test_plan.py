@@ -62,6 +62,7 @@ def test_pyproject_ini_options(tmp_path: Path) -> None:
         doctest_modules=True,
         doctest_glob=("*.rst",),
         configfile="pyproject.toml",
+        addopts=("-ra", "--doctest-modules", "--doctest-glob=*.rst"),
     )
 
 
