@@ -102,6 +102,7 @@ class Coordinator:
         self.states: dict[str, list[ShardState]] = {
             cid: [ShardState(s, self.cells[cid], Budget(options.flaky_retries, options.infra_retries)) for s in ss]
             for cid, ss in shards.items()
+            if cid in self.cells  # cells served by --cache have a plan but do not run
         }
         self.build_errors: dict[str, str] = {}
         self.image_tags: dict[str, str] = {}

@@ -135,6 +135,7 @@ class Report:
     rootdir: str = ""  # pytest's rootdir relative to the project ("" = the project root)
     pytest_version: str = ""
     bad_records: int = 0  # lines that were not a valid record: skipped and counted
+    xdist: bool = False  # the session ran its tests in pytest-xdist workers (they overlap in time)
     start_time: float = 0.0  # wall clock (the container's) of the plugin's start, collection, and end records
     collected_time: float = 0.0
     end_time: float = 0.0
@@ -188,6 +189,7 @@ def _apply(rep: Report, phases: dict[str, dict[str, object]], rec: dict[str, obj
         rep.start_time = _seconds(rec.get("time"))
         rep.rootdir = _str_field(rec, "rootdir", 1000).strip("/")
         rep.pytest_version = _str_field(rec, "pytest", 100)
+        rep.xdist = rec.get("xdist") is True
         return True
     if event == "end":
         rep.ended = True
@@ -392,15 +394,42 @@ def _span(start: float, end: float) -> float:
 
 
 def _file_walls(report: Report) -> dict[str, float]:
-    """Seconds each file's tests took in the shard, setup start to teardown end of each test (what pytest really
-    spent on them, beyond the JUnit times: fixtures' bookkeeping, hooks, reporting)."""
+    """Seconds each file cost the shard: what pytest really spent on it, not only its tests' JUnit times.
+
+    Tests run one after another: each test's time runs from its setup's start to the next test's (so pytest's own
+    per-test work between tests, its hooks and reporting, counts too; on a suite of thousands of tiny tests that
+    is most of the time), the last one's to the end of the session. Collection is shared out over the files by
+    their number of tests. Under pytest-xdist, where tests overlap, each test counts from its setup's start to its
+    teardown's end instead.
+    """
     walls: dict[str, float] = {}
     prefix = f"{report.rootdir}/" if report.rootdir else ""
-    for nodeid, rec in report.finished.items():
-        begin, stop = float(rec.get("begin") or 0.0), float(rec.get("stop") or 0.0)  # type: ignore[arg-type]
-        seconds = stop - begin if begin and stop >= begin else _seconds(rec.get("duration"))
+    timed = sorted(
+        (
+            (float(rec.get("begin") or 0.0), float(rec.get("stop") or 0.0), nodeid)
+            for nodeid, rec in report.finished.items()
+        ),  # type: ignore[arg-type]
+    )
+    contiguous = not report.xdist and all(begin and stop >= begin for begin, stop, _ in timed)
+    for i, (begin, stop, nodeid) in enumerate(timed):
+        if contiguous:
+            following = timed[i + 1][0] if i + 1 < len(timed) else max(report.end_time, stop)
+            seconds = max(following, stop) - begin
+        elif begin and stop >= begin:
+            seconds = stop - begin
+        else:
+            seconds = _seconds(report.finished[nodeid].get("duration"))
         file = prefix + nodeid.split("::", 1)[0]
         walls[file] = walls.get(file, 0.0) + seconds
+    collect = _span(report.start_time, report.collected_time)
+    counts: dict[str, int] = {}
+    for nodeid in report.collected or list(report.finished):
+        file = prefix + nodeid.split("::", 1)[0]
+        counts[file] = counts.get(file, 0) + 1
+    total = sum(counts.values())
+    if collect and total:
+        for file, n in counts.items():
+            walls[file] = walls.get(file, 0.0) + collect * n / total
     return walls
 
 

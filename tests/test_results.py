@@ -553,3 +553,32 @@ def test_counts_follow_final_statuses() -> None:
         "flaky": 1,
         "timeouts": 1,
     }
+
+
+def test_file_walls_count_the_time_between_tests_and_share_out_collection() -> None:
+    """A file costs a shard what pytest spends on it: each test from its setup's start to the next test's (pytest's
+    own per-test work between tests counts), collection shared out by the number of tests."""
+
+    def timed(nodeid: str, begin: float, length: float) -> list[dict[str, object]]:
+        return [
+            record(nodeid, "setup", duration=0.0, stop=begin),
+            record(nodeid, "call", duration=length, stop=begin + length),
+            record(nodeid, "teardown", duration=0.0, stop=begin + length),
+        ]
+
+    rep = jsonl(
+        [
+            {"event": "start", "time": 100.0},
+            {"event": "collected", "time": 104.0, "nodeids": [A, B, C, D]},  # 4 s collecting, 1 s per test
+            *timed(A, 104.0, 0.5),  # next test starts 1.5 s later: 1.5 s for A
+            *timed(B, 105.5, 0.5),
+            *timed(C, 107.0, 1.0),
+            *timed(D, 109.0, 0.5),
+            {"event": "end", "time": 110.0},
+        ]
+    )
+    att = results.evaluate(ShardOutcome("c", "shard-1of1", 1, 0, report=rep))
+
+    assert att.file_walls == pytest.approx({"tests/test_a.py": 1.5 + 1.5 + 2.0, "tests/sub/test_c.py": 2.0 + 1.0 + 2.0})
+    assert sum(att.file_walls.values()) == pytest.approx(att.session_seconds)
+    assert att.collect_seconds == pytest.approx(4.0)

@@ -190,3 +190,24 @@ def test_coverage_of_every_shard_merges_into_one_report(tmp_path, docker_client)
     assert (out / "htmlcov" / "index.html").is_file()
     assert "coverage: 100.0%" in proc.stdout
     assert not containers_of(docker_client, data["run_id"])
+
+
+def test_cache_serves_the_passing_cell_and_runs_the_failing_one_again(tmp_path, docker_client):
+    """--cache with one cell that passed and one that failed: the first is served from the cache, the second runs."""
+    matrix = write_matrix(
+        tmp_path,
+        PROJECTS / "faulty",
+        matrix={"debian": ["bookworm"], "fail": ["0", "1"]},
+        tests={"shards": 1, "timeout": 300, "env": {"FAULTY_FAIL": "{fail}"}},
+        retries={"flaky": 0, "infra": 0},
+    )
+    args = ("run", str(matrix), "--plain", "--history", str(tmp_path / "h.sqlite"))
+    first = run_cli(*args, "--out", str(tmp_path / "first"))
+    assert first.returncode == 1, first.stdout + first.stderr
+    again = run_cli(*args, "--out", str(tmp_path / "again"), "--cache")
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "Traceback" not in again.stderr
+    cells = {c["axes"]["fail"]: c for c in results(tmp_path / "again")["cells"]}
+    assert cells["0"]["status"] == "cached"
+    assert cells["1"]["status"] == "failed"
+    assert len(cells["1"]["shards"]) == 1  # it ran again
