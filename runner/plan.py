@@ -349,7 +349,10 @@ def layout_lpt(
     count = max(1, min(shards, len(pieces)))
     # a floor per piece: fast tests are measured at 0.000 s, and LPT over zero weights would pile every file
     # onto one shard (importing and collecting a file costs something anyway)
-    buckets, loads = _lpt([(max(p.weight, MIN_PIECE_SECONDS), f"{p.file}\0{p.only[:1]}") for p in pieces], count)
+    buckets, _ = _lpt([(max(p.weight, MIN_PIECE_SECONDS), f"{p.file}\0{p.only[:1]}") for p in pieces], count)
+    # the floor places the pieces; what a shard is predicted to take is its pieces' own weights (a suite of 1,500
+    # example files of a few ms each would otherwise be predicted 15 s too long)
+    loads = [sum(max(pieces[j].weight, 0.0) for j in bucket) for bucket in buckets]
     out = []
     for i, bucket in enumerate(buckets):
         by_file: dict[str, list[Piece]] = {}
@@ -489,6 +492,21 @@ def predict_work(
     per_test = sum(s for s, _ in known) / max(1, sum(c for _, c in known)) if known else SECONDS_PER_UNKNOWN_TEST
     basis = BASIS_WALLS if any(f in walls for f in files) else BASIS_DURATIONS if known else BASIS_COUNTS
     return [TestFile(f, seconds.get(f, counts.get(f, 1) * per_test)) for f in files], basis
+
+
+def known_files(
+    tree: SourceTree, discovered: Sequence[str], walls: Mapping[str, float], roots: Sequence[str]
+) -> list[str]:
+    """Files of the tree that earlier runs measured tests in, below the test roots, that discovery did not list:
+    non-Python files that a project's conftest collects (pygments' example files). Sorted; only files that exist."""
+    listed = set(discovered)
+    present = set(tree.files)
+    under = [r.strip("/") for r in roots]
+
+    def below(f: str) -> bool:
+        return any(r in ("", ".") or f == r or f.startswith(r + "/") for r in under)
+
+    return sorted(f for f in walls if f not in listed and f in present and below(f))
 
 
 def max_shards(work: CellWork, split_files: bool = True) -> int:
@@ -779,6 +797,7 @@ def plan_matrix(
         )
     scope = history_scope(mf)
     counts = count_tests(tree, files)
+    roots = pytest_roots(mf.tests.paths, settings, mf.tests.workdir)
     own = history.measured_cells(scope) if history is not None else set()
     borrowed: tuple[tuple[TestFile, ...], dict[str, dict[str, float]], float, str] | None = None
     fixed_count = shards_override or (None if mf.tests.shards == "auto" else int(mf.tests.shards))
@@ -788,7 +807,11 @@ def plan_matrix(
             tests = history.tests(scope, cell.id) if history is not None else {}
             walls = history.file_walls(scope, cell.id) if history is not None else {}
             fixed = history.fixed_cost(scope, cell.id) if history is not None else None
-            estimates, basis = predict_work(files, counts, tests, walls)
+            # files that pytest collected tests from and the discovery cannot see (a conftest's collector for
+            # example files, say): known from the history, planned like any other file while they exist
+            seen = known_files(tree, files, walls, roots)
+            cell_counts = {**counts, **{f: max(1, len(tests.get(f, {}))) for f in seen}}
+            estimates, basis = predict_work([*files, *seen], cell_counts, tests, walls)
             data = (tuple(estimates), tests, COLD_FIXED_COST if fixed is None else fixed, basis)
             if cell.id not in own:
                 borrowed = data  # every cell without measurements of its own borrows the same numbers

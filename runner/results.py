@@ -405,10 +405,7 @@ def _file_walls(report: Report) -> dict[str, float]:
     walls: dict[str, float] = {}
     prefix = f"{report.rootdir}/" if report.rootdir else ""
     timed = sorted(
-        (
-            (float(rec.get("begin") or 0.0), float(rec.get("stop") or 0.0), nodeid)
-            for nodeid, rec in report.finished.items()
-        ),  # type: ignore[arg-type]
+        (_seconds(rec.get("begin")), _seconds(rec.get("stop")), nodeid) for nodeid, rec in report.finished.items()
     )
     contiguous = not report.xdist and all(begin and stop >= begin for begin, stop, _ in timed)
     for i, (begin, stop, nodeid) in enumerate(timed):
