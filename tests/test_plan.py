@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import plan, source
+from runner import plan, pytest_config, source
 from runner.source import SourceTree
 from tests.conftest import CELL
 
@@ -30,9 +30,9 @@ def write(root: Path, name: str, text: str) -> None:
 
 
 def test_no_config_gives_pytest_defaults(tmp_path: Path) -> None:
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
-    assert settings == plan.PytestSettings()
+    assert settings == pytest_config.PytestSettings()
     assert settings.python_files == ("test_*.py", "*_test.py")
     assert settings.configfile == ""
 
@@ -53,9 +53,9 @@ def test_pyproject_ini_options(tmp_path: Path) -> None:
         """,
     )
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
-    assert settings == plan.PytestSettings(
+    assert settings == pytest_config.PytestSettings(
         python_files=("check_*.py", "*_spec.py"),
         testpaths=("tests", "integration"),
         norecursedirs=("fixtures", ".*"),
@@ -78,7 +78,7 @@ def test_pyproject_native_pytest_table(tmp_path: Path) -> None:
         """,
     )
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
     assert settings.testpaths == ("t",)
     assert settings.doctest_modules is True
@@ -99,7 +99,7 @@ def test_pytest_ini(tmp_path: Path) -> None:
         """,
     )
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
     assert settings.python_files == ("check_*.py", "*_check.py")
     assert settings.testpaths == ("tests",)
@@ -121,7 +121,7 @@ def test_setup_cfg_tool_pytest_section(tmp_path: Path) -> None:
         """,
     )
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
     assert settings.testpaths == ("src/tests",)
     assert settings.doctest_modules is True
@@ -141,7 +141,7 @@ def test_tox_ini_pytest_section(tmp_path: Path) -> None:
         """,
     )
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
     assert settings.python_files == ("t_*.py",)
     assert settings.configfile == "tox.ini"
@@ -152,7 +152,7 @@ def test_empty_pytest_ini_wins_over_pyproject(tmp_path: Path) -> None:
     write(tmp_path, "pytest.ini", "")
     write(tmp_path, "pyproject.toml", '[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
     assert settings.configfile == "pytest.ini"
     assert settings.testpaths == ()
@@ -163,7 +163,7 @@ def test_files_without_a_pytest_section_are_skipped(tmp_path: Path) -> None:
     write(tmp_path, "tox.ini", "[tox]\nenvlist = py311\n")
     write(tmp_path, "setup.cfg", "[tool:pytest]\ntestpaths = found\n")
 
-    settings = plan.read_pytest_settings(tmp_path)
+    settings = pytest_config.read_pytest_settings(tmp_path)
 
     assert settings.configfile == "setup.cfg"
     assert settings.testpaths == ("found",)
@@ -174,13 +174,13 @@ def test_pyproject_wins_over_tox_and_setup_cfg(tmp_path: Path) -> None:
     write(tmp_path, "tox.ini", "[pytest]\ntestpaths = b\n")
     write(tmp_path, "setup.cfg", "[tool:pytest]\ntestpaths = c\n")
 
-    assert plan.read_pytest_settings(tmp_path).testpaths == ("a",)
+    assert pytest_config.read_pytest_settings(tmp_path).testpaths == ("a",)
 
 
 def test_example_project_settings() -> None:
     root = Path(__file__).parent / "projects" / "example"
 
-    settings = plan.read_pytest_settings(root)
+    settings = pytest_config.read_pytest_settings(root)
 
     assert settings.configfile == "pyproject.toml"
     assert settings.testpaths == ("tests",)
@@ -216,7 +216,7 @@ def tree(tmp_path: Path) -> SourceTree:
 
 
 def test_discover_default_patterns_and_norecursedirs(tree: SourceTree) -> None:
-    files = plan.discover(tree, [], plan.PytestSettings())
+    files = pytest_config.discover(tree, [], pytest_config.PytestSettings())
 
     assert files == [
         "other/test_other.py",
@@ -230,44 +230,44 @@ def test_discover_default_patterns_and_norecursedirs(tree: SourceTree) -> None:
 
 
 def test_discover_lists_a_file_skipped_whole_at_import(tree: SourceTree) -> None:
-    assert "tests/test_skipped_at_import.py" in plan.discover(tree, ["tests"], plan.PytestSettings())
+    assert "tests/test_skipped_at_import.py" in pytest_config.discover(tree, ["tests"], pytest_config.PytestSettings())
 
 
 def test_discover_never_lists_conftest_or_helpers(tree: SourceTree) -> None:
-    files = plan.discover(tree, [], plan.PytestSettings(doctest_modules=True))
+    files = pytest_config.discover(tree, [], pytest_config.PytestSettings(doctest_modules=True))
 
     assert "tests/conftest.py" not in files
     assert "tests/helpers.py" in files  # only because of --doctest-modules
 
 
 def test_discover_testpaths_limit_the_search(tree: SourceTree) -> None:
-    files = plan.discover(tree, [], plan.PytestSettings(testpaths=("tests/sub", "other")))
+    files = pytest_config.discover(tree, [], pytest_config.PytestSettings(testpaths=("tests/sub", "other")))
 
     assert files == ["other/test_other.py", "tests/sub/test_c.py"]
 
 
 def test_discover_paths_override_testpaths(tree: SourceTree) -> None:
-    files = plan.discover(tree, ["other"], plan.PytestSettings(testpaths=("tests",)))
+    files = pytest_config.discover(tree, ["other"], pytest_config.PytestSettings(testpaths=("tests",)))
 
     assert files == ["other/test_other.py"]
 
 
 def test_discover_trailing_slash_in_paths(tree: SourceTree) -> None:
-    assert plan.discover(tree, ["tests/sub/"], plan.PytestSettings()) == ["tests/sub/test_c.py"]
+    assert pytest_config.discover(tree, ["tests/sub/"], pytest_config.PytestSettings()) == ["tests/sub/test_c.py"]
 
 
 def test_discover_explicit_file_is_taken_whatever_its_name(tree: SourceTree) -> None:
-    assert plan.discover(tree, ["tests/helpers.py"], plan.PytestSettings()) == ["tests/helpers.py"]
+    assert pytest_config.discover(tree, ["tests/helpers.py"], pytest_config.PytestSettings()) == ["tests/helpers.py"]
 
 
 def test_discover_custom_python_files(tree: SourceTree) -> None:
-    files = plan.discover(tree, ["tests"], plan.PytestSettings(python_files=("*_test.py",)))
+    files = pytest_config.discover(tree, ["tests"], pytest_config.PytestSettings(python_files=("*_test.py",)))
 
     assert files == ["tests/b_test.py", "tests/testdoc.txt"]
 
 
 def test_discover_custom_norecursedirs_replace_the_defaults(tree: SourceTree) -> None:
-    files = plan.discover(tree, ["tests"], plan.PytestSettings(norecursedirs=("fixtures",)))
+    files = pytest_config.discover(tree, ["tests"], pytest_config.PytestSettings(norecursedirs=("fixtures",)))
 
     assert "tests/fixtures/test_fixture_data.py" not in files
     assert "tests/.hidden/test_h.py" in files
@@ -275,7 +275,7 @@ def test_discover_custom_norecursedirs_replace_the_defaults(tree: SourceTree) ->
 
 
 def test_discover_doctest_modules_takes_every_python_file_but_setup_and_conftest(tree: SourceTree) -> None:
-    files = plan.discover(tree, [], plan.PytestSettings(doctest_modules=True))
+    files = pytest_config.discover(tree, [], pytest_config.PytestSettings(doctest_modules=True))
 
     assert "src/pkg/core.py" in files
     assert "src/pkg/__init__.py" in files
@@ -296,19 +296,19 @@ def test_discover_with_settings_read_from_the_project(tmp_path: Path) -> None:
         },
     )
 
-    files = plan.discover(tree, [], plan.read_pytest_settings(tmp_path))
+    files = pytest_config.discover(tree, [], pytest_config.read_pytest_settings(tmp_path))
 
     assert files == ["tests/check_one.py"]
 
 
 def test_discover_dot_slash_paths(tree: SourceTree) -> None:
-    assert plan.discover(tree, ["./tests/sub"], plan.PytestSettings()) == ["tests/sub/test_c.py"]
+    assert pytest_config.discover(tree, ["./tests/sub"], pytest_config.PytestSettings()) == ["tests/sub/test_c.py"]
 
 
 def test_discover_testpaths_wildcards(tmp_path: Path) -> None:
     tree = make_tree(tmp_path, {"src/a/tests/test_a.py": "", "src/b/tests/test_b.py": "", "src/c/test_c.py": ""})
 
-    files = plan.discover(tree, [], plan.PytestSettings(testpaths=("src/*/tests",)))
+    files = pytest_config.discover(tree, [], pytest_config.PytestSettings(testpaths=("src/*/tests",)))
 
     assert files == ["src/a/tests/test_a.py", "src/b/tests/test_b.py"]
 
@@ -509,4 +509,6 @@ def test_a_test_command_option_that_runs_no_test_is_refused_naming_the_key(
 
 
 def test_options_that_only_change_how_tests_run_are_not_conflicts() -> None:
-    assert plan.conflicting_option(["-x", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml=o.xml"]) is None
+    assert (
+        pytest_config.conflicting_option(["-x", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml=o.xml"]) is None
+    )
