@@ -323,52 +323,44 @@ def cancel(refs: list[Any]) -> None:
             ray.cancel(ref, force=True, recursive=True)
 
 
-def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:
-    """Remove this run's containers on every alive node (and locally); returns how many were removed."""
+def _on_other_nodes(remote: Any, args: tuple[Any, ...], timeout: float) -> list[Any]:
+    """Run ``remote`` (a zero-CPU task) once on every alive node but this one; the results that came back within
+    ``timeout``. A node that dies meanwhile is left out: it is checked again at the next run."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    removed = remove_run_containers(run_id)
-    if not ray.is_initialized() or _remote_cleanup is None:
-        return removed
-    refs = []
+    if not ray.is_initialized() or remote is None:
+        return []
     here = ray.get_runtime_context().get_node_id()
-    for node in ray.nodes():
-        if not node.get("Alive") or node["NodeID"] == here:  # this node's engine: done just above
-            continue
-        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        refs.append(_remote_cleanup.options(num_cpus=0, scheduling_strategy=strategy).remote(run_id))
+    refs = [
+        remote.options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        ).remote(*args)
+        for node in ray.nodes()
+        if node.get("Alive") and node["NodeID"] != here
+    ]
     if not refs:
-        return removed
+        return []
     try:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        removed += sum(int(ray.get(r)) for r in ready)
-    except Exception:  # a node died during cleanup; its engine is checked again at the next run
-        pass
-    return removed
+        return [ray.get(r) for r in ready]
+    except Exception:
+        return []
+
+
+def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:
+    """Remove this run's containers on every alive node (this one's engine first); returns how many were removed."""
+    removed = remove_run_containers(run_id)
+    return removed + sum(int(n) for n in _on_other_nodes(_remote_cleanup, (run_id,), timeout))
 
 
 def sweep_other_nodes(timeout: float = 30.0) -> tuple[int, int]:
     """``sweep_node`` on every alive node but this one (this one is swept before Ray starts)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
-    gcs, live = ray.get_runtime_context().gcs_address, _live_jobs()
-    refs = []
-    for node in ray.nodes():
-        if node.get("Alive") and node["NodeID"] != here:
-            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            refs.append(_remote_sweep.options(num_cpus=0, scheduling_strategy=strategy).remote(gcs, live))
-    if not refs:
-        return 0, 0
-    containers = folders = 0
-    with contextlib.suppress(Exception):  # a node that died meanwhile is swept at the next run
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        for ref in ready:
-            c, f = ray.get(ref)
-            containers, folders = containers + c, folders + f
-    return containers, folders
+    ctx = ray.get_runtime_context()
+    swept = _on_other_nodes(_remote_sweep, (ctx.gcs_address, _live_jobs()), timeout)
+    return sum(c for c, _ in swept), sum(f for _, f in swept)
 
 
 def shutdown(cluster: Cluster | None) -> None:

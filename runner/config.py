@@ -686,18 +686,25 @@ def _read(p: Path, file: str) -> str:
         raise config_error(file, "", f"cannot read the matrix file ({exc.__class__.__name__})") from None
 
 
-def _check_project(doc: _Doc, project: Path) -> None:
-    """Refuse a project folder that is a system folder or the home folder: its files would all be shipped."""
+def system_folder(path: Path) -> str:
+    """What makes ``path`` (resolved) no folder of a project's own: "home folder", "system folder", or ""."""
     try:
         home: Path | None = Path.home().resolve()
     except (RuntimeError, KeyError, OSError):
         home = None
     exact = {Path(f).resolve() for f in SYSTEM_FOLDERS}
     trees = [Path(t).resolve() for t in SYSTEM_TREES]
-    if project == home and project not in exact:
-        raise doc.error("project", f"{str(project)!r} is your home folder; point project at the project's own folder")
-    if project in exact or any(project == t or t in project.parents for t in trees):
-        raise doc.error("project", f"{str(project)!r} is a system folder; point project at the project's own folder")
+    if path in exact or any(path == t or t in path.parents for t in trees):
+        return "system folder"
+    return "home folder" if path == home else ""
+
+
+def _check_project(doc: _Doc, project: Path) -> None:
+    """Refuse a project folder that is a system folder or the home folder: its files would all be shipped."""
+    what = system_folder(project)
+    if what:
+        whose = "your home folder" if what == "home folder" else "a system folder"
+        raise doc.error("project", f"{str(project)!r} is {whose}; point project at the project's own folder")
 
 
 def _workdir(doc: _Doc, project: Path, value: Any) -> str:

