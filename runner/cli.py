@@ -25,7 +25,7 @@ from runner.results import Status
 
 if TYPE_CHECKING:
     from runner import coverage_merge
-    from runner.coordinator import RunResults
+    from runner.execution import RunResults
 
 
 def print_plan(planned: plan.Planned) -> None:
@@ -72,7 +72,8 @@ def _history(args: argparse.Namespace) -> History:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from runner import cache, engine, github, images, junit, outdir, summary, workspace
-    from runner.coordinator import Coordinator, RunOptions, RunResults
+    from runner.coordinator import Coordinator, RunOptions
+    from runner.execution import RunResults
     from runner.progress import make_view
 
     if not args.dry_run:

@@ -18,16 +18,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.container import ShardOutcome, ShardRequest, remove_run_containers, run_shard, sweep_leftovers
 from runner.errors import EnvironmentProblem
+from runner.execution import ShardOutcome, ShardRequest
+from runner.executors import executor_for
+from runner.executors.docker import remove_run_containers, sweep_leftovers
 
 
 def execute_shard(request: ShardRequest, tarball: bytes) -> ShardOutcome:
-    """The Ray task body: run one shard attempt in a container on whichever node Ray chose."""
+    """The Ray task body: run one shard attempt with its executor on whichever node Ray chose."""
     import ray
 
     gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
-    outcome = run_shard(request, tarball, gpu_ids)
+    outcome = executor_for(request.executor).run(request, tarball, gpu_ids)
     return dataclasses.replace(outcome, node_id=ray.get_runtime_context().get_node_id())
 
 

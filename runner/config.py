@@ -74,6 +74,7 @@ class ImageConfig:
     pytest: str = "pytest"
     ca_bundle: str = "auto"  # "auto", "none" or a host path
     wheelhouse: str = "auto"  # "auto", "none" or a host path
+    python: str = ""  # host executor: the interpreter (a name on PATH or a path); "" = python{python}, else python3
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,24 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    rows: str = ""  # the axis shown as the grid's rows on report.html; "" = chosen from the matrix
+    columns: str = ""
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """A test whose failures are reported but do not change the exit code (``quarantine:`` / --quarantine)."""
+
+    test: str  # a pytest node id, or a glob over node ids (fnmatch)
+    cells: tuple[tuple[str, str], ...] = ()  # AXIS=VALUE filters, all of which a cell must match; () = every cell
+    reason: str = ""
+
+
+EXECUTORS = ("docker", "host")
+
+
+@dataclass(frozen=True)
 class MatrixFile:
     path: Path
     name: str
@@ -137,6 +156,10 @@ class MatrixFile:
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    runs_on: str = ""  # a node label (template) a cell needs: the Ray resource "runs-on:LABEL"; "" = any node
+    executor: str = ""  # template rendering to "docker" or "host"; "" = the cell's own executor value, else docker
+    report: ReportConfig = field(default_factory=ReportConfig)
+    quarantine: tuple[QuarantineEntry, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def error(self, key: str, problem: str) -> ConfigError:
@@ -495,6 +518,10 @@ TOP_KEYS = (
     "coverage",
     "strategy",
     "resources",
+    "runs-on",
+    "executor",
+    "report",
+    "quarantine",
 )
 IMAGE_KEYS = (
     "base",
@@ -506,6 +533,7 @@ IMAGE_KEYS = (
     "pytest",
     "ca-bundle",
     "wheelhouse",
+    "python",
 )
 TESTS_KEYS = (
     "command",
@@ -527,6 +555,8 @@ RETRIES_KEYS = ("flaky", "infra")
 COVERAGE_KEYS = ("enabled", "source", "branch")
 STRATEGY_KEYS = ("fail-fast", "max-parallel")
 RESOURCES_KEYS = ("cpus", "memory", "gpus", "pids")
+REPORT_KEYS = ("rows", "columns")
+QUARANTINE_KEYS = ("test", "cells", "reason")
 
 
 def load(path: str | Path) -> MatrixFile:
@@ -577,6 +607,7 @@ def load(path: str | Path) -> MatrixFile:
         pytest=_str(doc, "image.pytest", img.get("pytest", "pytest")),
         ca_bundle=_host_path_option(doc, "image.ca-bundle", img.get("ca-bundle", "auto")),
         wheelhouse=_host_path_option(doc, "image.wheelhouse", img.get("wheelhouse", "auto")),
+        python=_plain(doc, "image.python", _str(doc, "image.python", img.get("python", ""))),
     )
 
     t = _mapping(doc, "tests", data.get("tests"), TESTS_KEYS)
@@ -648,6 +679,18 @@ def load(path: str | Path) -> MatrixFile:
         pids=_int(doc, "resources.pids", res.get("pids", 4096), minimum=MIN_PIDS),
     )
 
+    rep = _mapping(doc, "report", data.get("report"), REPORT_KEYS)
+    report = ReportConfig(
+        rows=_str(doc, "report.rows", rep.get("rows", "")),
+        columns=_str(doc, "report.columns", rep.get("columns", "")),
+    )
+    names = {a for a, _ in axes} | {k for combo in include for k, _ in combo}
+    for key in ("rows", "columns"):
+        chosen = getattr(report, key)
+        if chosen and chosen not in names:
+            known = ", ".join(sorted(names))
+            raise doc.error(f"report.{key}", f"'{chosen}' is not an axis of the matrix; axes are: {known}")
+
     return MatrixFile(
         path=p,
         name=name,
@@ -661,8 +704,64 @@ def load(path: str | Path) -> MatrixFile:
         coverage=coverage,
         strategy=strategy,
         resources=resources,
+        runs_on=_plain(doc, "runs-on", _str(doc, "runs-on", data.get("runs-on", ""))),
+        executor=_plain(doc, "executor", _str(doc, "executor", data.get("executor", ""))),
+        report=report,
+        quarantine=quarantine_entries(doc, "quarantine", data.get("quarantine", [])),
         lines=doc.lines,
     )
+
+
+def _filters(doc: _Doc, key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """``cells:`` of a quarantine entry: "AXIS=VALUE", a list of those, or a mapping AXIS: VALUE."""
+    if isinstance(value, dict):
+        return tuple((_axis_name(doc, key, k), _safe_value(doc, f"{key}.{k}", v)) for k, v in value.items())
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise doc.error(key, "must be AXIS=VALUE, a list of AXIS=VALUE, or a mapping of axis to value")
+    out = []
+    for i, item in enumerate(items):
+        axis, sep, val = str(item).partition("=") if isinstance(item, str) else ("", "", "")
+        if not sep or not axis.strip() or not val.strip():
+            raise doc.error(f"{key}[{i}]", f"{item!r} must be AXIS=VALUE, e.g. python=3.11")
+        out.append((_axis_name(doc, f"{key}[{i}]", axis.strip()), _safe_value(doc, f"{key}[{i}]", val.strip())))
+    return tuple(out)
+
+
+def quarantine_entries(doc: _Doc, key: str, value: Any) -> tuple[QuarantineEntry, ...]:
+    """The ``quarantine:`` list (the matrix file's key, or the whole of a --quarantine file)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise doc.error(key, "must be a list of entries {test: NODE_ID_OR_GLOB, cells: AXIS=VALUE, reason: TEXT}")
+    out = []
+    for i, raw in enumerate(value):
+        where = f"{key}[{i}]"
+        entry = _mapping(doc, where, raw, QUARANTINE_KEYS)
+        if "test" not in entry:
+            raise doc.error(where, "needs 'test': a pytest node id or a glob such as 'tests/test_io.py::*'")
+        test = _plain(doc, f"{where}.test", _str(doc, f"{where}.test", entry["test"]))
+        if not test.strip():
+            raise doc.error(f"{where}.test", "must not be empty")
+        out.append(
+            QuarantineEntry(
+                test=test,
+                cells=_filters(doc, f"{where}.cells", entry["cells"]) if entry.get("cells") is not None else (),
+                reason=_plain(doc, f"{where}.reason", _str(doc, f"{where}.reason", entry.get("reason", ""))),
+            )
+        )
+    return tuple(out)
+
+
+def load_quarantine(path: str | Path) -> tuple[QuarantineEntry, ...]:
+    """A --quarantine FILE: the same list as the matrix file's ``quarantine:`` key, as the whole YAML document."""
+    p = Path(path)
+    file = str(path)
+    doc = _Doc(file, _read(p, file))
+    data = doc.data
+    if isinstance(data, dict) and set(data) == {"quarantine"}:
+        return quarantine_entries(doc, "quarantine", data["quarantine"])
+    return quarantine_entries(doc, "", data)
 
 
 def _read(p: Path, file: str) -> str:

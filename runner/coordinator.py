@@ -22,10 +22,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runner import cluster, container, engine, images
+from runner import cluster, engine, images
 from runner.config import MatrixFile
-from runner.container import ShardOutcome, ShardRequest
 from runner.errors import ExitCode
+from runner.execution import RunResults, ShardOutcome, ShardRequest
+from runner.executors import docker as container
 from runner.images import ImageSpec
 from runner.matrix import Cell
 from runner.plan import Shard
@@ -66,20 +67,6 @@ class RunOptions:
     env: tuple[tuple[str, str], ...] = ()
     owner: str = ""  # workspace.owner_token() of this process: labels its containers and work folders
     cluster: Any = None  # a cluster.Cluster already joined (to size the plan for it); else the run connects
-
-
-@dataclass
-class RunResults:
-    run_id: str
-    cells: list[CellResult]
-    interrupted: bool
-    cancelled: bool
-    duration: float
-    images_built: int
-    images_reused: int
-    image_check_seconds: float = 0.0  # the longest check of an image that was already there
-    fail_fast_by: str = ""  # the cell whose confirmed failure cancelled the rest (strategy.fail-fast)
-    cluster_lost: str = ""  # why the run lost its Ray cluster mid-run, when it did
 
 
 class Coordinator:

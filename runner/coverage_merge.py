@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.container import SIDE
+from runner.executors.docker import SIDE
 from runner.images import SOURCE_DIR
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TextIO
 
 from runner import summary
-from runner.coordinator import RunResults
 from runner.coverage_merge import CoverageSummary
+from runner.execution import RunResults
 from runner.results import BAD, Case, CellResult, Status, TestHistory
 
 STEP_SUMMARY_LIMIT = 1024 * 1024  # bytes GitHub takes in one step's summary file; over it, it shows none

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from runner.config import DEFAULT_BASE, MatrixFile, one_line, parse_memory
+from runner.config import DEFAULT_BASE, EXECUTORS, SAFE_VALUE, MatrixFile, one_line, parse_memory
 from runner.errors import UserError
 
 TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
@@ -44,6 +44,9 @@ class Cell:
     command: tuple[str, ...]
     resources: Resources
     env: tuple[tuple[str, str], ...] = ()  # tests.env, rendered for this cell
+    runs_on: str = ""  # the node label the cell needs ("" = any node)
+    executor: str = "docker"  # "docker" (a container per attempt) or "host" (a venv on the node)
+    python: str = "python3"  # the host executor's interpreter: a name on the node's PATH, or a path
 
     @property
     def axes(self) -> dict[str, str]:
@@ -173,7 +176,21 @@ def build_cell(mf: MatrixFile, values: dict[str, str], cid: str) -> Cell:
     except ValueError:
         raise mf.error("resources.memory", f"{memory_text!r} is not a memory size; write e.g. '2g'") from None
     base = _render(mf, "image.base", img.base, values, cid)
+    # an include entry that sets `executor: host` is enough; the top-level key templates it otherwise
+    executor = _render(mf, "executor", mf.executor, values, cid) if mf.executor else values.get("executor", "docker")
+    if executor not in EXECUTORS:
+        raise mf.error("executor", f"cell {cid}: {executor!r} is not an executor; write docker or host")
+    runs_on = _render(mf, "runs-on", mf.runs_on, values, cid) if mf.runs_on else ""
+    if runs_on and not SAFE_VALUE.match(runs_on):
+        raise mf.error("runs-on", f"cell {cid}: label {runs_on!r} must be letters, digits and . _ + - only")
+    if img.python:
+        python = _render(mf, "image.python", img.python, values, cid)
+    else:
+        python = f"python{values['python']}" if SAFE_VALUE.match(values.get("python", "")) else "python3"
     return Cell(
+        runs_on=runs_on,
+        executor=executor,
+        python=python,
         id=cid,
         values=tuple(values.items()),
         base=base,

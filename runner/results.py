@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from runner.container import SETUP_FAILED, ShardOutcome
+from runner.execution import SETUP_FAILED, ShardOutcome
 
 
 class Status(StrEnum):
@@ -30,6 +30,7 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     CACHED = "cached"
     NO_TESTS = "no_tests"
+    NO_CAPACITY = "no_capacity"  # no alive node can serve the cell (its runs-on label, GPUs, executor)
 
     def __str__(self) -> str:
         return self.value

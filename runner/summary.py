@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from runner.coordinator import RunResults
 from runner.coverage_merge import HTML_DIR, XML_NAME, CoverageSummary
 from runner.errors import ExitCode
+from runner.execution import RunResults
 from runner.results import BAD, Case, CellResult, Status, TestHistory
 
 # results.json's contract (runner/results.schema.json). 2: JUnit built from the plugin's records, shard attempts'

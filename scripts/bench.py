@@ -223,7 +223,7 @@ elif what == "view":
 else:
     import random
     from runner import junit, results
-    from runner.container import ShardOutcome
+    from runner.execution import ShardOutcome
     rng = random.Random(1)
     outcomes = []
     for c in range(20):

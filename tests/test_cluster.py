@@ -12,7 +12,7 @@ import pytest
 from ray import cloudpickle
 
 from runner import cluster
-from runner.container import ShardOutcome, ShardRequest
+from runner.execution import ShardOutcome, ShardRequest
 from runner.images import ImageSpec
 from runner.matrix import Resources
 from tests.conftest import ROOT, TwoNodeRay, results, write_matrix

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner import github, summary
-from runner.container import ShardOutcome
+from runner.execution import ShardOutcome
 from runner.results import CellResult, Status
 from tests.test_junit import FAIL, FLAKY, cell_result, mixed_cell, shard_outcome, timeout_cell
 from tests.test_summary import failing_cell, run_of

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from runner import history
-from runner.container import ShardOutcome
+from runner.execution import ShardOutcome
 from runner.history import History
 from runner.results import Attempt, Case, CellResult, Status, fold, junit_names
 

@@ -12,7 +12,7 @@ import pytest
 import xmlschema
 
 from runner import junit, results
-from runner.container import ShardOutcome
+from runner.execution import ShardOutcome
 from runner.results import CellResult, Status
 
 SCHEMA = Path(__file__).parent / "schemas" / "junit-10.xsd"

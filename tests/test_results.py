@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pytest
 
 from runner import results
-from runner.container import SETUP_FAILED, ShardOutcome
+from runner.execution import SETUP_FAILED, ShardOutcome
 from runner.results import Status
 
 # --- handmade shard outputs: pytest JUnit (xunit1) and the plugin's JSON lines ---------------------------------------

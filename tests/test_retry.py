@@ -7,7 +7,7 @@ import json
 import pytest
 
 from runner import results, retry
-from runner.container import ShardOutcome
+from runner.execution import ShardOutcome
 from runner.results import Attempt
 
 A = "tests/test_a.py::test_a"

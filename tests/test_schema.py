@@ -15,9 +15,8 @@ import pytest
 
 from runner import cli, junit, schema, summary
 from runner import results as outcomes
-from runner.container import ShardOutcome
-from runner.coordinator import RunResults
 from runner.coverage_merge import CoverageSummary
+from runner.execution import RunResults, ShardOutcome
 from runner.results import CellResult, Status, parse_junit
 from tests.conftest import ROOT
 from tests.test_junit import PASS, SKIP, cell_result, mixed_cell, shard_outcome, timeout_cell

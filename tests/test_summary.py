@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from runner import summary
-from runner.container import ShardOutcome
-from runner.coordinator import RunResults
+from runner.execution import RunResults, ShardOutcome
 from runner.results import CellResult
 from tests.test_junit import FAIL, FLAKY, FLAKY2, cell_result, mixed_cell, record, shard_outcome, timeout_cell
 

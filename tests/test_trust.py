@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from runner import coverage_merge, workspace
-from runner.container import ROOT_CAPABILITIES
+from runner.executors.docker import ROOT_CAPABILITIES
 from runner.images import TEST_UID
 from runner.outdir import LOCK, MARKER
 from tests.conftest import PROJECTS, ROOT, containers_of, results, run_cli

@@ -1,4 +1,4 @@
-"""Run one shard attempt in one fresh container -> ShardOutcome. Docker lives here; Ray does not.
+"""The Docker executor: one shard attempt in one fresh container -> ShardOutcome. Docker lives here; Ray does not.
 
 The request and the outcome are plain data carrying bytes, never host paths: the shard may run on another node.
 The project arrives as a tarball (bytes) and is baked, with the project installed, into a thin source layer over
@@ -15,15 +15,13 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import engine, images, outputs, workspace
-from runner.config import CoverageConfig
 from runner.errors import EnvironmentProblem
-from runner.images import ImageSpec
-from runner.matrix import Resources
+from runner.execution import SETUP_FAILED, ShardOutcome, ShardRequest
+from runner.masking import mask_report, mask_secrets
 
 if TYPE_CHECKING:
     import docker
@@ -31,127 +29,6 @@ if TYPE_CHECKING:
 SRC = images.SOURCE_DIR  # baked into the source layer; each container writes to its own copy-on-write layer
 OUT = "/mr/out"
 SIDE = "/mr/side"
-SETUP_FAILED = images.SETUP_FAILED  # the project could not be installed in the cell image
-
-
-@dataclass(frozen=True)
-class ShardRequest:
-    run_id: str
-    cell_id: str
-    shard: str  # the shard's slug, e.g. "shard-2of3"
-    attempt: int
-    image: ImageSpec
-    command: tuple[str, ...]
-    files: tuple[str, ...]  # the shard's files; with ``complement``, the files it must leave to other shards
-    complement: bool = False
-    roots: tuple[str, ...] = ()  # what pytest is pointed at (tests.paths); empty = the project's own testpaths
-    only: tuple[str, ...] = ()  # node ids restricting the files they belong to (a rerun, a split file)
-    skip: tuple[str, ...] = ()  # node ids left to other shards
-    rerun: bool = False  # ``only`` names tests to run again (a vanished id falls back to its function)
-    timeout: float = 1800.0
-    resources: Resources = field(default_factory=Resources)
-    env: tuple[tuple[str, str], ...] = ()
-    network: str = "bridge"
-    install_project: bool = True
-    source_digest: str = ""
-    coverage: CoverageConfig = field(default_factory=CoverageConfig)
-    workdir: str = ""  # tests.workdir: the folder the command runs in, relative to the project
-    user: str = "auto"  # tests.user: "auto" (the unprivileged test user), "root", or "UID[:GID]"
-    output_limit: int = outputs.DEFAULT_LIMIT  # bytes per output file read back (tests.output-limit)
-    owner: str = ""  # the coordinator process that owns this run (workspace.owner_token), as a label
-    job: str = ""  # the coordinator's Ray job (GCS-ADDRESS/JOB-ID): how a node on another host tells it is gone
-
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    cell_id: str
-    shard: str
-    attempt: int
-    exit_code: int | None  # None when the container never ran to an exit
-    report: bytes = b""  # the plugin's JSON lines
-    log: bytes = b""
-    coverage: bytes = b""  # coverage data file, when coverage is on
-    duration: float = 0.0
-    timed_out: bool = False
-    oom_killed: bool = False
-    infra_error: str = ""  # the environment broke (Docker API, image, node); empty when it did not
-    node: str = ""  # host name
-    node_id: str = ""  # Ray node id, so an infra rerun can go elsewhere
-    gpu_ids: tuple[str, ...] = ()
-    output_problem: str = ""  # an output file that was there but could not be trusted (a link, a FIFO, too big)
-
-
-SECRET_MARKS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE", "SESSION")
-
-
-def is_secret(name: str) -> bool:
-    """Variables named like secrets: their values never reach a log or a report."""
-    return any(mark in name.upper() for mark in SECRET_MARKS)
-
-
-def secret_forms(value: str) -> list[bytes]:
-    """Every form a secret value can take in what a shard writes: as is (UTF-8), XML-escaped (JUnit; with and
-    without quote escapes, and with non-ASCII as character references), JSON-escaped (the plugin's records, with
-    and without ``ensure_ascii``), and Python's repr (assertion rewrites, tracebacks)."""
-    import html
-    import json
-
-    forms = {
-        value,
-        html.escape(value, quote=False),
-        html.escape(value, quote=True),
-        html.escape(value, quote=True).replace("&#x27;", "&apos;"),
-        value.encode("ascii", "xmlcharrefreplace").decode(),
-        html.escape(value).encode("ascii", "xmlcharrefreplace").decode(),
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        repr(value)[1:-1],
-        ascii(value)[1:-1],
-    }
-    # longest first, so that a form containing another is replaced whole
-    return sorted({f.encode() for f in forms if f}, key=len, reverse=True)
-
-
-def _mask_strings(value: object, forms: list[str]) -> object:
-    if isinstance(value, str):
-        for form in forms:
-            value = value.replace(form, "***")
-        return value
-    if isinstance(value, list):
-        return [_mask_strings(v, forms) for v in value]
-    if isinstance(value, dict):
-        return {k: _mask_strings(v, forms) for k, v in value.items()}
-    return value
-
-
-def mask_report(data: bytes, env: tuple[tuple[str, str], ...]) -> bytes:
-    """``mask_secrets`` for the plugin's JSON lines: each record's strings are masked once decoded, so that a form
-    of a secret escaped again by the record's own JSON (a test that printed ``json.dumps(token)``) is caught too."""
-    import json
-
-    values = [value for name, value in env if is_secret(name) and len(value) >= 4]
-    if not values:
-        return data
-    forms = sorted({f.decode() for v in values for f in secret_forms(v)}, key=len, reverse=True)
-    lines = []
-    for line in data.split(b"\n"):
-        try:
-            record = json.loads(line)
-        except ValueError:  # not a record (cut by a kill, or written by the tests): masked as bytes
-            lines.append(mask_secrets(line, env))
-            continue
-        lines.append(mask_secrets(json.dumps(_mask_strings(record, forms)).encode(), env))
-    return b"\n".join(lines)
-
-
-def mask_secrets(data: bytes, env: tuple[tuple[str, str], ...]) -> bytes:
-    """Replace the values of secret-named variables, in each of their escaped forms, by *** in output that will
-    be stored or shown."""
-    for name, value in env:
-        if is_secret(name) and len(value) >= 4:
-            for form in secret_forms(value):
-                data = data.replace(form, b"***")
-    return data
 
 
 def labels_for(req: ShardRequest) -> dict[str, str]:
@@ -260,6 +137,15 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
         ),
         **kwargs,
     )
+
+
+class DockerExecutor:
+    """The default executor: each attempt in a fresh container of the cell's image (built on this node if missing)."""
+
+    name = "docker"
+
+    def run(self, request: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
+        return run_shard(request, tarball, gpu_ids)
 
 
 def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
