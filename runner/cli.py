@@ -49,6 +49,32 @@ def print_plan(planned: plan.Planned) -> None:
             )
 
 
+def print_placement(cells: Sequence[matrix.Cell], address: str | None) -> None:
+    """Where each cell can run on the cluster the run would join: its nodes by label, GPUs, executor."""
+    from runner import cluster, scheduler
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        cluster.connect(address)
+        nodes, where = cluster.alive_nodes(), f"the Ray cluster at {address}"
+    else:
+        nodes, where = [cluster.local_node()], "an embedded local Ray (this machine)"
+    print(f"placement on {where}: {len(nodes)} node(s)")
+    for node in nodes:
+        labels = ", ".join(sorted(node.labels)) or "none"
+        engine_note = "" if node.docker else ", no Docker engine"
+        print(f"  node {node.node_id[:12]}: {node.cpus:g} CPU(s), {node.gpus:g} GPU(s), labels {labels}{engine_note}")
+    for cell in cells:
+        proto = scheduler.request_shape(cell)
+        why = scheduler.why_unservable(nodes, proto)
+        fits = scheduler.eligible(nodes, proto)
+        runs_on = f" runs-on {cell.runs_on}" if cell.runs_on else ""
+        if why:
+            print(f"  {cell.id} ({cell.executor}{runs_on}): no_capacity: {why}")
+        else:
+            print(f"  {cell.id} ({cell.executor}{runs_on}): on {', '.join(n.node_id[:12] for n in fits)}")
+
+
 def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """Host variables for the containers: tests.pass-env and --env (tests.env is per cell, see Cell.env)."""
     env: dict[str, str] = {}
@@ -91,13 +117,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned = plan.plan_matrix(args.matrix, args.select, args.shards, history, args.max_parallel, slots=slots)
     if args.dry_run:
         print_plan(planned)
+        print_placement(planned.cells, args.address)
         return ExitCode.OK
     mf = planned.mf
     env = _container_env(mf, args.env)
     run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_folder = outdir.claim(Path(args.out or Path(".matrix-run") / mf.name), run_id, force=args.force)
     out = out_folder.path
-    client = engine.connect()
+    # the docker executor needs this machine's engine (to check bases and build images); host cells do not
+    client = engine.connect() if any(c.executor == "docker" for c in planned.cells) else None
     specs = images.specs_for(mf, planned.cells, client)
     keys = {c.id: cache.key_for(mf, c, specs[c.id], planned.tree.digest, env) for c in planned.cells}
     cached = {}
@@ -107,8 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if hit is not None:
                 cached[cell.id] = hit
     to_run = [c for c in planned.cells if c.id not in cached]
-    if to_run:
-        images.check_bases(client, {c.id: specs[c.id] for c in to_run})
+    if client is not None:
+        images.check_bases(client, {c.id: specs[c.id] for c in to_run if c.executor == "docker"})
     options = RunOptions(
         run_id=run_id,
         out=out,
@@ -120,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         env=env,
         owner=workspace.owner_token(),
         cluster=joined,
+        quarantine=(*mf.quarantine, *(entry for listed in args.quarantine for entry in listed)),
     )
     started = time.monotonic()
     if to_run:
@@ -145,16 +174,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         fail_fast_by=ran.fail_fast_by,
         cluster_lost=ran.cluster_lost,
     )
-    status, code = summary.run_status(results, strict_flaky=args.strict_flaky)
+    from runner import quarantine, report_page
+
+    held = options.quarantine
+    for warning in quarantine.unknown_axes(held, {a for c in planned.cells for a in c.axes}):
+        print(f"matrix-run: {warning}", file=sys.stderr)
+    results = quarantine.apply(results, held)  # quarantined failures set no exit code; ran.cells stay as they ran
+    status, code = summary.run_status(results, args.strict_flaky, args.skip_unavailable)
     junit.write_merged(results.cells, out / "junit.xml", mf.name)
     covered = _merge_coverage(mf, results, out) if mf.coverage.enabled else None
     summary.write_results_json(results, out / "results.json", mf.name, status, code, covered)
     summary.write_summary_md(results, out / "summary.md", mf.name, status, covered)
-    summary.write_report_html(results, out / "report.html", mf.name, status, covered)
+    report_page.write(out / "report.html", results, mf, status, covered, history, planned.scope)
     for finished in ran.cells:
         whole = finished.status not in (Status.CANCELLED, Status.INFRA, Status.TIMEOUT)
         history.record_cell(planned.scope, finished.cell_id, finished, complete=whole)
         cache.remember(history, planned.scope, keys[finished.cell_id], finished)
+    history.record_outcomes(planned.scope, run_id, planned.tree.digest, ran.cells)  # the flake ledger
     history.close()
     summary.print_table(results, status)
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")
@@ -190,7 +226,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     mf = config.load(args.matrix)
     cells = matrix.expand(mf, args.select)
     if args.json:
-        print(json.dumps([{"id": c.id, "axes": c.axes, "image": c.base} for c in cells], indent=2))
+        listed = [
+            {"id": c.id, "axes": c.axes, "image": c.base, "runs_on": c.runs_on, "executor": c.executor} for c in cells
+        ]
+        print(json.dumps(listed, indent=2))
     else:
         for c in cells:
             print(f"{c.id}\t{' '.join(f'{k}={v}' for k, v in c.values)}")
@@ -210,6 +249,51 @@ def cmd_images_bootstrap(args: argparse.Namespace) -> int:
     except images.BuildFailed as exc:
         raise UserError(f"images bootstrap {args.suite}: {exc}\n{exc.log_tail}", ExitCode.INTERNAL) from None
     print(f"{tag} {image_id} ({time.monotonic() - started:.0f}s)")
+    return ExitCode.OK
+
+
+def cmd_flakes(args: argparse.Namespace) -> int:
+    from runner import flakes
+
+    if args.last < 1 or args.lift_after < 1:
+        raise UserError(f"--{'last' if args.last < 1 else 'lift-after'} must be >= 1")
+    if not 0 <= args.threshold <= 2:
+        raise UserError(f"--threshold {args.threshold:g}: a flip rate is between 0 and 2")
+    path = Path(args.history or os.environ.get("MATRIX_RUN_HISTORY") or Path(".matrix-run") / "history.sqlite")
+    if not path.is_file():
+        raise UserError(f"--history {path}: no history store there (a run writes it; see matrix-run run --history)")
+    entries = [entry for listed in args.quarantine for entry in listed]
+    scopes = None
+    if args.matrix:
+        mf = config.load(args.matrix)
+        scopes = [plan.history_scope(mf)]
+        entries = [*mf.quarantine, *entries]
+    history = _history(args)
+    try:
+        found = flakes.find(history, scopes, args.last)
+        if args.suggest_quarantine:
+            suggested = flakes.suggest(history, found, args.threshold, entries, args.last)
+            lifts = flakes.lifts(history, entries, scopes, args.lift_after)
+            if args.json:
+                data = {"quarantine": [s.as_entry() for s in suggested], "lift": [lift.as_json() for lift in lifts]}
+                print(json.dumps(data, indent=2))
+            else:
+                sys.stdout.write(flakes.suggestions_yaml(suggested, lifts))
+            return ExitCode.OK
+    finally:
+        history.close()
+    if args.json:
+        print(json.dumps([f.as_json() for f in found], indent=2))
+        return ExitCode.OK
+    if not found:
+        print(f"no test both passed and failed in the last {args.last} run(s)")
+        return ExitCode.OK
+    print(f"{'test':<60} {'cell':<30} {'runs':>5} {'fail':>5} {'flaky':>5} {'flips':>6}  same source")
+    for f in found:
+        print(
+            f"{f.test:<60} {f.cell:<30} {f.runs:>5} {f.failures:>5} {f.flaky:>5} {f.flip_rate:>6.2f}  "
+            f"{'yes (strongest signal)' if f.same_source else 'no'}"
+        )
     return ExitCode.OK
 
 
@@ -243,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shards", type=int, help="override tests.shards")
     run.add_argument("--retries", type=int, help="override retries.flaky")
     run.add_argument("--strict-flaky", action="store_true", help="flaky tests fail the run")
+    run.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="cells that no node can serve (no_capacity) are listed but do not make the run exit 3",
+    )
     ff = run.add_mutually_exclusive_group()
     ff.add_argument("--fail-fast", dest="fail_fast", action="store_true", default=None)
     ff.add_argument("--no-fail-fast", dest="fail_fast", action="store_false")
@@ -250,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print cells and shards, run nothing")
     run.add_argument("--cache", action="store_true", help="skip cells whose inputs match a fully passing run")
     run.add_argument("--history", help="duration and result store (default .matrix-run/history.sqlite)")
+    from runner import quarantine
+
+    run.add_argument(
+        "--quarantine",
+        action="append",
+        default=[],
+        type=quarantine.load_file,
+        metavar="FILE",
+        help="quarantine entries (YAML list of {test, cells, reason}) added to the matrix file's quarantine:",
+    )
     run.add_argument("--plain", action="store_true", default=None, help="plain log lines instead of a live view")
     run.add_argument(
         "--force", action="store_true", help="use an --out folder that holds files matrix-run did not write"
@@ -268,6 +367,34 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("suite", help="Debian suite: bullseye, bookworm, trixie, ...")
     boot.add_argument("--tag", help="image tag (default matrix-run/debian:SUITE)")
     boot.set_defaults(func=cmd_images_bootstrap)
+
+    fl = sub.add_parser("flakes", help="tests that both passed and failed in recent runs (the flake ledger)")
+    fl.add_argument("--matrix", metavar="FILE", help="only this matrix's runs (default: every matrix in the store)")
+    fl.add_argument("--last", type=int, default=30, metavar="N", help="runs of each matrix to look at (default 30)")
+    fl.add_argument("--json", action="store_true", help="a JSON list of objects (test, cell, runs, failures, ...)")
+    fl.add_argument("--history", help="the history store (default .matrix-run/history.sqlite, MATRIX_RUN_HISTORY)")
+    fl.add_argument(
+        "--suggest-quarantine",
+        action="store_true",
+        help="print quarantine entries for tests over --threshold, and the entries ready to lift",
+    )
+    fl.add_argument("--threshold", type=float, default=0.2, help="flip rate that suggests quarantine (default 0.2)")
+    fl.add_argument(
+        "--lift-after",
+        type=int,
+        default=20,
+        metavar="K",
+        help="an entry whose tests passed in each of the last K runs is ready to lift (default 20)",
+    )
+    fl.add_argument(
+        "--quarantine",
+        action="append",
+        default=[],
+        type=quarantine.load_file,
+        metavar="FILE",
+        help="quarantine entries to check for lifting, besides the matrix file's",
+    )
+    fl.set_defaults(func=cmd_flakes)
 
     sch = sub.add_parser("schema", help="print the JSON Schema of an output file (results.json)")
     sch.add_argument("output", nargs="?", choices=["results"], default="results", help="which file (default results)")

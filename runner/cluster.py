@@ -1,7 +1,10 @@
-"""Ray: connect to a cluster or start an embedded one, the shard task, results in completion order.
+"""Ray, the transport: connect to a cluster or start an embedded one, place shard requests on nodes, and hand
+their outcomes back in completion order (``RayTransport``, the scheduler's ``Transport``).
 
 The embedded local Ray is just a cluster of one node: local and distributed runs take the same path.
-Node and worker loss are retried by Ray itself (``max_retries``); test failures come back as data.
+Node and worker loss are retried by Ray itself (``max_retries``); test failures come back as data. A node
+advertises a label L (``runs-on: L`` in a matrix) as the custom resource ``runs-on:L``; each shard of such a cell
+asks for a sliver of it, so Ray places it on a labelled node only.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from typing import Any
 from runner.errors import EnvironmentProblem
 from runner.execution import ShardOutcome, ShardRequest
 from runner.executors import executor_for
-from runner.executors.docker import remove_run_containers, sweep_leftovers
+from runner.executors.docker import engine_answers, remove_run_containers, sweep_leftovers
+from runner.executors.host import kill_run_processes, sweep_processes
+from runner.scheduler import LABEL_RESOURCE, Node
+
+LABEL_SLIVER = 0.0001  # of a node's "runs-on:L" resource, per shard: any positive amount on the node admits it
 
 
 def execute_shard(request: ShardRequest, tarball: bytes) -> ShardOutcome:
@@ -34,13 +41,18 @@ def execute_shard(request: ShardRequest, tarball: bytes) -> ShardOutcome:
 
 
 def cleanup_node(run_id: str) -> int:
-    """Remove this run's containers from the node this runs on."""
-    return remove_run_containers(run_id)
+    """Remove this run's containers and host-executor processes from the node this runs on."""
+    return remove_run_containers(run_id) + kill_run_processes(run_id)
 
 
-def sweep_node(gcs: str, live_jobs: frozenset[str]) -> tuple[int, int]:
-    """Remove what dead coordinators left on the node this runs on (containers, work folders)."""
-    return sweep_leftovers(gcs, live_jobs)
+def sweep_node(gcs: str, live_jobs: frozenset[str]) -> tuple[str, int, int, bool]:
+    """Remove what dead coordinators left on the node this runs on (containers, work folders), and say whether
+    its Docker engine answers: (node id, containers removed, folders removed, docker)."""
+    import ray
+
+    containers, folders = sweep_leftovers(gcs, live_jobs)
+    containers += sweep_processes()
+    return ray.get_runtime_context().get_node_id(), containers, folders, engine_answers()
 
 
 def job_label() -> str:
@@ -82,6 +94,27 @@ _remote_cleanup: Any = None
 _remote_sweep: Any = None
 
 
+def local_labels() -> dict[str, float]:
+    """The labels an embedded Ray's node advertises: this machine's platform (linux, macos, windows) and those in
+    MATRIX_RUN_LABELS (comma-separated), as ``runs-on:L`` resources."""
+    import platform
+
+    names = {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
+    labels = [names, *(x.strip() for x in os.environ.get("MATRIX_RUN_LABELS", "").split(","))]
+    return {f"{LABEL_RESOURCE}{label}": 1000.0 for label in labels if label}
+
+
+def local_node() -> Node:
+    """This machine as the one node an embedded Ray would make (without starting it): for --dry-run."""
+    return Node(
+        "local",
+        float(os.cpu_count() or 1),
+        0.0,
+        frozenset(k[len(LABEL_RESOURCE) :] for k in local_labels()),
+        engine_answers(),
+    )
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray; quiet, no dashboard."""
     import ray
@@ -111,7 +144,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
         else:
             # "local" starts a new Ray of this process's own; without it Ray joins the last cluster that
             # `ray start` made on this machine (/tmp/ray/ray_current_cluster), alive or dead
-            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            ray.init(address="local", num_cpus=num_cpus, resources=local_labels(), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "an embedded local Ray"
         raise EnvironmentProblem(
@@ -195,15 +228,16 @@ def kill_leftovers(cluster: Cluster) -> int:
     return len(procs)
 
 
-def _other_node(avoid: str, cpus: float, gpus: float) -> Any:
-    """A soft preference for an alive node other than ``avoid`` that can hold the shard; None if there is none."""
+def _other_node(avoid: str, request: ShardRequest) -> Any:
+    """A soft preference for an alive node other than ``avoid`` that may take the shard; None if there is none."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    for node in ray.nodes():
-        res = node.get("Resources", {})
-        if node.get("Alive") and node["NodeID"] != avoid and res.get("CPU", 0) >= cpus and res.get("GPU", 0) >= gpus:
-            return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)
+    from runner.scheduler import may_take
+
+    for node in _nodes_of(ray.nodes(), {}):
+        if node.node_id != avoid and may_take(node, request):
+            return NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=True)
     return None
 
 
@@ -232,7 +266,9 @@ def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node
         "retry_exceptions": False,
         "name": f"{request.cell_id}/{request.shard}/attempt-{request.attempt}",
     }
-    strategy = _other_node(avoid_node, res.cpus, res.gpus) if avoid_node else None
+    if request.runs_on:
+        options["resources"] = {f"{LABEL_RESOURCE}{request.runs_on}": LABEL_SLIVER}
+    strategy = _other_node(avoid_node, request) if avoid_node else None
     if strategy is not None:
         options["scheduling_strategy"] = strategy
     return _remote_task.options(**options).remote(request, tarball_ref)
@@ -248,31 +284,45 @@ class Capacity:
         return self.cpus_without_gpus if self.cpus_without_gpus > 0 else self.cpus
 
 
-def capacity(timeout: float = 15.0) -> Capacity:
-    """What the alive nodes offer, now. Raises ClusterLost when the GCS does not answer within ``timeout``."""
+def _nodes_of(listed: list[dict[str, Any]], docker: dict[str, bool]) -> list[Node]:
+    """``ray.nodes()`` -> the alive ones as scheduler Nodes (labels from their ``runs-on:L`` resources)."""
+    nodes = []
+    for node in listed:
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        labels = frozenset(k[len(LABEL_RESOURCE) :] for k, v in res.items() if k.startswith(LABEL_RESOURCE) and v > 0)
+        node_id = str(node["NodeID"])
+        nodes.append(
+            Node(node_id, float(res.get("CPU", 0)), float(res.get("GPU", 0)), labels, docker.get(node_id, True))
+        )
+    return nodes
+
+
+def alive_nodes(timeout: float = 15.0, docker: dict[str, bool] | None = None) -> list[Node]:
+    """The alive nodes, now; ``docker`` says which have no engine (unknown nodes are taken to have one).
+    Raises ClusterLost when the GCS does not answer within ``timeout``."""
     import concurrent.futures
 
     import ray
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="matrix-run-nodes")
     try:
-        nodes = pool.submit(ray.nodes).result(timeout=timeout)
+        listed = pool.submit(ray.nodes).result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         raise ClusterLost(f"the Ray cluster's GCS did not answer within {timeout:g} s") from None
     except Exception as exc:
         raise ClusterLost(f"the Ray cluster did not answer: {exc.__class__.__name__}: {exc}"[:300]) from None
     finally:
         pool.shutdown(wait=False)
-    cpus = gpus = plain = 0.0
-    for node in nodes:
-        if not node.get("Alive"):
-            continue
-        res = node.get("Resources", {})
-        cpus += float(res.get("CPU", 0))
-        gpus += float(res.get("GPU", 0))
-        if not res.get("GPU"):
-            plain += float(res.get("CPU", 0))
-    return Capacity(cpus, gpus, plain)
+    return _nodes_of(listed, docker or {})
+
+
+def capacity(timeout: float = 15.0) -> Capacity:
+    """What the alive nodes offer, now, in total. Raises ClusterLost as ``alive_nodes`` does."""
+    nodes = alive_nodes(timeout)
+    cpus = sum(n.cpus for n in nodes)
+    return Capacity(cpus, sum(n.gpus for n in nodes), sum(n.cpus for n in nodes if not n.gpus))
 
 
 def slots_for(cap: Capacity, mf: Any, max_parallel: int | None = None) -> int:
@@ -352,17 +402,46 @@ def _on_other_nodes(remote: Any, args: tuple[Any, ...], timeout: float) -> list[
 
 def cleanup_all_nodes(run_id: str, timeout: float = 60.0) -> int:
     """Remove this run's containers on every alive node (this one's engine first); returns how many were removed."""
-    removed = remove_run_containers(run_id)
+    removed = cleanup_node(run_id)
     return removed + sum(int(n) for n in _on_other_nodes(_remote_cleanup, (run_id,), timeout))
 
 
-def sweep_other_nodes(timeout: float = 30.0) -> tuple[int, int]:
-    """``sweep_node`` on every alive node but this one (this one is swept before Ray starts)."""
+def sweep_other_nodes(timeout: float = 30.0) -> tuple[int, int, dict[str, bool]]:
+    """``sweep_node`` on every alive node but this one (this one is swept before Ray starts): (containers and
+    folders removed, node id -> whether its Docker engine answers)."""
     import ray
 
     ctx = ray.get_runtime_context()
     swept = _on_other_nodes(_remote_sweep, (ctx.gcs_address, _live_jobs()), timeout)
-    return sum(c for c, _ in swept), sum(f for _, f in swept)
+    return sum(c for _, c, _, _ in swept), sum(f for _, _, f, _ in swept), {n: d for n, _, _, d in swept}
+
+
+class RayTransport:
+    """The scheduler's Transport over a connected Ray cluster: one Ray task per shard attempt."""
+
+    def __init__(self, cluster: Cluster, tarball: bytes, max_retries: int, docker: dict[str, bool]) -> None:
+        self.cluster = cluster
+        self.tarball = put(tarball)  # in the object store once; every task on every node reads it from there
+        self.max_retries = max_retries
+        self.docker = docker  # node id -> whether its Docker engine answers (nodes not in it: taken to have one)
+
+    def submit(self, request: ShardRequest, avoid_node: str = "") -> Any:
+        return submit(request, self.tarball, self.max_retries, avoid_node)
+
+    def completed(self, handles: list[Any], timeout: float) -> Iterator[tuple[Any, ShardOutcome | None, str]]:
+        return completed(handles, timeout)
+
+    def cancel(self, handles: list[Any]) -> None:
+        cancel(handles)
+
+    def nodes(self) -> list[Node]:
+        return alive_nodes(docker=self.docker)
+
+    def here(self) -> str:
+        """This process's own node."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
 
 def shutdown(cluster: Cluster | None) -> None:

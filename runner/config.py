@@ -679,17 +679,7 @@ def load(path: str | Path) -> MatrixFile:
         pids=_int(doc, "resources.pids", res.get("pids", 4096), minimum=MIN_PIDS),
     )
 
-    rep = _mapping(doc, "report", data.get("report"), REPORT_KEYS)
-    report = ReportConfig(
-        rows=_str(doc, "report.rows", rep.get("rows", "")),
-        columns=_str(doc, "report.columns", rep.get("columns", "")),
-    )
-    names = {a for a, _ in axes} | {k for combo in include for k, _ in combo}
-    for key in ("rows", "columns"):
-        chosen = getattr(report, key)
-        if chosen and chosen not in names:
-            known = ", ".join(sorted(names))
-            raise doc.error(f"report.{key}", f"'{chosen}' is not an axis of the matrix; axes are: {known}")
+    report = _report(doc, data.get("report"), axes, include)
 
     return MatrixFile(
         path=p,
@@ -710,6 +700,27 @@ def load(path: str | Path) -> MatrixFile:
         quarantine=quarantine_entries(doc, "quarantine", data.get("quarantine", [])),
         lines=doc.lines,
     )
+
+
+def _report(
+    doc: _Doc,
+    value: Any,
+    axes: tuple[tuple[str, tuple[str, ...]], ...],
+    include: tuple[tuple[tuple[str, str], ...], ...],
+) -> ReportConfig:
+    """``report: {rows: AXIS, columns: AXIS}``: the axes of report.html's grid, each an axis of the matrix."""
+    rep = _mapping(doc, "report", value, REPORT_KEYS)
+    report = ReportConfig(
+        rows=_str(doc, "report.rows", rep.get("rows", "")),
+        columns=_str(doc, "report.columns", rep.get("columns", "")),
+    )
+    names = {a for a, _ in axes} | {k for combo in include for k, _ in combo}
+    for key in ("rows", "columns"):
+        chosen = getattr(report, key)
+        if chosen and chosen not in names:
+            known = ", ".join(sorted(names))
+            raise doc.error(f"report.{key}", f"'{chosen}' is not an axis of the matrix; axes are: {known}")
+    return report
 
 
 def _filters(doc: _Doc, key: str, value: Any) -> tuple[tuple[str, str], ...]:

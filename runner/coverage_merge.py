@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.executors.docker import SIDE
-from runner.images import SOURCE_DIR
+from runner.images import SIDE_DIR, SOURCE_DIR
 
 if TYPE_CHECKING:
     import coverage
@@ -60,7 +60,8 @@ def _project_only(data: coverage.CoverageData, root: str, basename: str) -> tupl
     keep = sorted(f for f in measured if _inside(f, root))
     if len(keep) == len(measured):
         return None, 0
-    dropped = sum(1 for f in set(measured) - set(keep) if not f.startswith(f"{SIDE}/"))
+    ours = (f"{SIDE}/", f"{SIDE_DIR}/")  # matrix-run's plugin, where a container or a host shard loads it
+    dropped = sum(1 for f in set(measured) - set(keep) if not f.startswith(ours))
     kept = coverage.CoverageData(basename=basename)
     arcs = data.has_arcs()
     for context in sorted(data.measured_contexts()):
@@ -115,7 +116,9 @@ def write_merged(datas: Sequence[bytes], project: Path, out: Path, title: str) -
             # the project's config, and its relative paths, apply as in a direct run
             warnings.simplefilter("always")
             cov = coverage.Coverage(data_file=str(Path(tmp) / "combined.coverage"), config_file=True)
-            cov.set_option("paths", {"matrix-run": [f"{project.resolve()}/", f"{SOURCE_DIR}/"]})
+            # a container shard measured the project under /src; a host-executor shard in its attempt's own copy
+            host_copies = "**/work/*/src/"
+            cov.set_option("paths", {"matrix-run": [f"{project.resolve()}/", f"{SOURCE_DIR}/", host_copies]})
             cov.combine(paths, strict=True, keep=True)
             kept_path = str(Path(tmp) / "project.coverage")
             kept, dropped = _project_only(cov.get_data(), os.path.realpath(project), kept_path)

@@ -83,6 +83,7 @@ class ShardOutcome:
     node_id: str = ""  # Ray node id, so an infra rerun can go elsewhere
     gpu_ids: tuple[str, ...] = ()
     output_problem: str = ""  # an output file that was there but could not be trusted (a link, a FIFO, too big)
+    setup_error: str = ""  # the cell's environment could not be made on this node (no interpreter, pip failed)
 
 
 class Executor(Protocol):

@@ -6,7 +6,8 @@
 - ``GITHUB_ACTIONS=true``: one ``::error`` workflow command per failed test (GitHub shows 10 per step: the tests that
   failed in the most cells first, then cells that errored without a failed test; a ``::notice`` counts the rest) and
   one ``::warning`` per flaky test (10 at most too), each pointing at the test's file and line relative to the
-  repository root (``GITHUB_WORKSPACE``, else the current folder).
+  repository root (``GITHUB_WORKSPACE``, else the current folder). A quarantined test that failed is no error: it
+  gets one ``::notice`` (10 at most), saying it is quarantined.
 
 The functions take the results and an environment mapping and return lines; ``emit`` is the only one that prints.
 """
@@ -96,16 +97,22 @@ class Finding:
 
 
 def findings(
-    results: RunResults, statuses: frozenset[Status], project: Path, env: Mapping[str, str], cwd: Path | None = None
+    results: RunResults,
+    statuses: frozenset[Status],
+    project: Path,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    quarantined: bool = False,
 ) -> list[Finding]:
     """The tests whose final status is one of ``statuses`` in some cell, one finding per distinct test: those in the
-    most cells first, then in the order the run lists them."""
+    most cells first, then in the order the run lists them. Quarantined tests are left out, or with ``quarantined``
+    only they are listed."""
     folder = repository_folder(project, env, cwd)
     found: dict[str, Finding] = {}
     for cell in results.cells:
         rootdirs = _rootdirs(cell)
         default_root = next((a.rootdir for a in cell.attempts), "")
-        for label, hist in summary.problem_tests(cell, statuses):
+        for label, hist in summary.problem_tests(cell, statuses, quarantined):
             case = summary.shown_failure(hist)
             key = f"{rootdirs.get(id(case), default_root)}\0{label}"  # node ids are relative to pytest's rootdir
             if key not in found:
@@ -129,6 +136,8 @@ def _cells_line(what: str, cells: list[str], total: int) -> str:
 
 def _annotation(command: str, finding: Finding, total: int) -> str:
     what = WORDS[next(iter(finding.statuses))] if len(finding.statuses) == 1 else "failed"
+    if finding.hist.quarantined:
+        what = f"{what} (quarantined)"
     failure = summary.shown_failure(finding.hist)
     message = failure.message.strip()
     if finding.statuses == {Status.FLAKY}:
@@ -188,6 +197,8 @@ def annotation_lines(results: RunResults, env: Mapping[str, str], project: Path,
                 title="matrix-run",
             )
         )
+    held = findings(results, BAD, project, env, cwd, quarantined=True)
+    lines += [_annotation("notice", f, total) for f in held[:ANNOTATION_LIMIT]]
     return lines
 
 

@@ -17,6 +17,13 @@ What the planner reads, per cell:
 Each is an exponential moving average (``WEIGHT_NEW``). Stores written before file walls and fixed costs were
 kept are upgraded in place (two new tables; ``PRAGMA user_version`` says which schema a store has), and an older
 matrix-run still reads and writes an upgraded store: it never looks at the new tables.
+
+The flake ledger (``record_outcomes``; queried by runner/flakes.py): every run adds, per cell that ran and per test
+with a node id, the test's outcome (``passed``, ``failed``, ``flaky``, ``skipped``, ``error``; a timeout is an error),
+its attempts and failed attempts, with the run id, the time and the source digest (``ledger``), and one row per
+(run, cell) with the cell's axes, status and how many of its tests ran and failed at first (``ledger_cells``, so a
+run in which most tests of a cell failed can be told apart as an infrastructure incident). Both are bounded like the
+rest: rows older than ``MAX_AGE_DAYS`` go, and beyond ``MAX_LEDGER_ROWS`` the oldest runs go whole.
 """
 
 from __future__ import annotations
@@ -26,18 +33,21 @@ import json
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from runner.results import CellResult
+    from runner.results import CellResult, TestHistory
 
 MAX_AGE_DAYS = 60
 MAX_ROWS = 500_000
 MAX_CACHED = 2_000
+MAX_LEDGER_ROWS = 1_000_000  # test outcomes kept in the flake ledger (whole runs are dropped, oldest first)
 WEIGHT_NEW = 0.7  # exponential moving average: how much the newest measurement counts
-SCHEMA_VERSION = 2  # 1: durations (+ pos) and results; 2: + file_walls and fixed_costs
+SCHEMA_VERSION = 3  # 1: durations (+ pos) and results; 2: + file_walls and fixed_costs; 3: + ledger, ledger_cells
+OUTCOMES = ("passed", "failed", "flaky", "skipped", "error")  # a test's outcome in one run, as the ledger has it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS durations (
@@ -57,6 +67,19 @@ CREATE TABLE IF NOT EXISTS fixed_costs (
     scope TEXT NOT NULL, cell TEXT NOT NULL, seconds REAL NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (scope, cell)
 );
+CREATE TABLE IF NOT EXISTS ledger (
+    scope TEXT NOT NULL, run_id TEXT NOT NULL, cell TEXT NOT NULL, nodeid TEXT NOT NULL, outcome TEXT NOT NULL,
+    attempts INTEGER NOT NULL, failed INTEGER NOT NULL, source TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (scope, run_id, cell, nodeid)
+);
+CREATE INDEX IF NOT EXISTS ledger_by_test ON ledger (scope, cell, nodeid);
+CREATE INDEX IF NOT EXISTS ledger_by_time ON ledger (updated);
+CREATE TABLE IF NOT EXISTS ledger_cells (
+    scope TEXT NOT NULL, run_id TEXT NOT NULL, cell TEXT NOT NULL, axes TEXT NOT NULL, source TEXT NOT NULL,
+    status TEXT NOT NULL, tests INTEGER NOT NULL, failing INTEGER NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (scope, run_id, cell)
+);
+CREATE INDEX IF NOT EXISTS ledger_cells_by_time ON ledger_cells (scope, updated);
 """
 
 
@@ -66,6 +89,42 @@ class Recorded(NamedTuple):
     durations: int  # test rows
     files: int  # file wall rows
     fixed_cost: float | None  # this run's per-shard fixed cost, when one was measured
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One test in one cell of one run, as the flake ledger has it."""
+
+    scope: str
+    run_id: str
+    cell: str
+    test: str  # pytest's node id
+    outcome: str  # one of OUTCOMES
+    attempts: int  # attempts that reported it (1 + reruns)
+    failed: int  # of which failed or errored
+    source: str  # the run's source digest
+    time: float  # when the run was recorded (seconds since the epoch)
+
+
+@dataclass(frozen=True)
+class LedgerCell:
+    """One cell of one run in the flake ledger."""
+
+    scope: str
+    run_id: str
+    cell: str
+    axes: dict[str, str]
+    source: str
+    status: str  # the cell's status in that run
+    tests: int  # tests that ran (not skipped)
+    failing: int  # of which failed or errored on their first attempt (flaky ones too)
+    time: float
+
+
+def ledger_outcome(hist: TestHistory) -> str:
+    """A test's outcome in one run, one of OUTCOMES (a timeout is an error)."""
+    status = str(hist.status)
+    return status if status in OUTCOMES else "error"
 
 
 # ---------------------------------------------------------------------------------------------------- measurements
@@ -351,6 +410,97 @@ class History:
         )
         self._prune(db, "durations", now)
         return len(rows)
+
+    # ------------------------------------------------------------------------------------------------ results
+
+    # ------------------------------------------------------------------------------------------------ flake ledger
+
+    def record_outcomes(self, scope: str, run_id: str, source: str, cells: Iterable[CellResult]) -> int:
+        """Add one run's test outcomes to the flake ledger, in one transaction; returns the number of test rows.
+
+        Only cells that ran count (a cached cell ran nothing), and only tests with a node id (a test its shard never
+        ran to its end, a file that failed to import, have none: they say nothing about the test itself).
+        """
+        now = time.time()
+        tests: list[tuple[object, ...]] = []
+        cell_rows: list[tuple[object, ...]] = []
+        for cell in cells:
+            if not cell.attempts:
+                continue
+            ran = failing = 0
+            for hist in cell.tests.values():
+                nodeid = next((c.nodeid for c in (hist.first, *hist.reruns) if c.nodeid), None)
+                if nodeid is None:
+                    continue
+                outcome = ledger_outcome(hist)
+                attempts = [hist.first, *hist.reruns]
+                failed = len(hist.failed_attempts)
+                tests.append((scope, run_id, cell.cell_id, nodeid, outcome, len(attempts), failed, source, now))
+                if outcome != "skipped":
+                    ran += 1
+                    failing += outcome in ("failed", "error", "flaky")
+            axes = json.dumps(cell.axes, sort_keys=True)
+            cell_rows.append((scope, run_id, cell.cell_id, axes, source, str(cell.status), ran, failing, now))
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", tests)
+            db.executemany("INSERT OR REPLACE INTO ledger_cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cell_rows)
+            self._prune_ledger(db, now)
+        return len(tests)
+
+    def _prune_ledger(self, db: sqlite3.Connection, now: float) -> None:
+        """Rows older than ``MAX_AGE_DAYS`` go; beyond ``MAX_LEDGER_ROWS`` the oldest runs go whole (a run's rows
+        share one time), so no run is left with part of its tests."""
+        cutoff = now - MAX_AGE_DAYS * 86400
+        db.execute("DELETE FROM ledger WHERE updated < ?", (cutoff,))
+        (count,) = db.execute("SELECT COUNT(*) FROM ledger").fetchone()
+        if count > MAX_LEDGER_ROWS:
+            (edge,) = db.execute(
+                "SELECT updated FROM ledger ORDER BY updated LIMIT 1 OFFSET ?", (count - MAX_LEDGER_ROWS - 1,)
+            ).fetchone()
+            db.execute("DELETE FROM ledger WHERE updated <= ?", (edge,))
+            db.execute("DELETE FROM ledger_cells WHERE updated <= ?", (edge,))
+        db.execute("DELETE FROM ledger_cells WHERE updated < ?", (cutoff,))
+
+    def ledger_scopes(self) -> list[str]:
+        """Every scope (matrix) the ledger has runs of."""
+        return [s for (s,) in self.db.execute("SELECT DISTINCT scope FROM ledger_cells ORDER BY scope")]
+
+    def ledger_runs(self, scope: str, last: int | None = None) -> list[str]:
+        """The run ids of a scope, oldest first; with ``last``, only the ``last`` newest."""
+        rows = self.db.execute(
+            "SELECT run_id FROM ledger_cells WHERE scope = ? GROUP BY run_id ORDER BY MIN(updated) DESC, run_id DESC "
+            "LIMIT ?",
+            (scope, -1 if last is None else max(0, last)),
+        ).fetchall()
+        return [r for (r,) in reversed(rows)]
+
+    def ledger_cells(self, scope: str, run_ids: Sequence[str]) -> list[LedgerCell]:
+        """The cells of those runs, oldest run first."""
+        out: list[LedgerCell] = []
+        for i in range(0, len(run_ids), 500):
+            chunk = list(run_ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT scope, run_id, cell, axes, source, status, tests, failing, updated FROM ledger_cells "
+                f"WHERE scope = ? AND run_id IN ({marks})",
+                (scope, *chunk),
+            ).fetchall()
+            out += [LedgerCell(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        return sorted(out, key=lambda c: (c.time, c.run_id, c.cell))
+
+    def ledger_outcomes(self, scope: str, run_ids: Sequence[str]) -> list[Outcome]:
+        """The test outcomes of those runs, oldest run first."""
+        out: list[Outcome] = []
+        for i in range(0, len(run_ids), 500):
+            chunk = list(run_ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT scope, run_id, cell, nodeid, outcome, attempts, failed, source, updated FROM ledger "
+                f"WHERE scope = ? AND run_id IN ({marks})",
+                (scope, *chunk),
+            ).fetchall()
+            out += [Outcome(*r) for r in rows]
+        return sorted(out, key=lambda o: (o.time, o.run_id, o.cell, o.test))
 
     # ------------------------------------------------------------------------------------------------ results
 

@@ -5,7 +5,11 @@
   a failed test keeps its ``<failure>`` plus one ``<rerunFailure>``/``<rerunError>`` per rerun (Maven
   Surefire's format, which junitparser's ``xunit2`` module and Jenkins read);
 - counts are computed from the test cases, never copied from shard headers;
-- ``file``/``line`` are kept from pytest's xunit1 output.
+- ``file``/``line`` are kept from pytest's xunit1 output;
+- a quarantined test that failed, errored or timed out is a ``<skipped type="matrix-run.quarantined">`` whose
+  message says so (with the entry's reason and the failure's message) and whose text is the failure's report, so
+  JUnit readers do not fail the build on it; each quarantined test of a cell is also named in a
+  ``<property name="matrix-run.quarantined" value="NODE ID"/>`` of its suite.
 """
 
 from __future__ import annotations
@@ -31,9 +35,27 @@ def _interim(tag: str, case: Case) -> ET.Element:
     return el
 
 
+QUARANTINED_TYPE = "matrix-run.quarantined"
+
+
+def _quarantined_element(hist: TestHistory) -> ET.Element:
+    """A quarantined test that did not pass, as a skipped test case carrying its failure."""
+    failure = hist.failed_attempts[0] if hist.failed_attempts else hist.final
+    el = copy.copy(failure.element)
+    el[:] = [copy.copy(c) for c in failure.element if c.tag not in RESULT_TAGS]
+    why = f" ({hist.quarantine_reason})" if hist.quarantine_reason else ""
+    message = f"quarantined{why}: {hist.status}: {failure.message}"[:2000]
+    skipped = ET.Element("skipped", {"message": message, "type": QUARANTINED_TYPE})
+    skipped.text = failure.text
+    el.insert(0, skipped)
+    return el
+
+
 def testcase_element(hist: TestHistory) -> ET.Element:
     """One <testcase> standing for all attempts of a test."""
     status = hist.status
+    if hist.quarantined and status in BAD:
+        return _quarantined_element(hist)
     if status is Status.FLAKY:
         el = copy.copy(hist.final.element)
         el[:] = [copy.copy(c) for c in hist.final.element]
@@ -59,7 +81,7 @@ def suite_element(cell: CellResult) -> ET.Element:
             "tests": str(counts["tests"]),
             "failures": str(counts["failures"]),
             "errors": str(counts["errors"]),
-            "skipped": str(counts["skipped"]),
+            "skipped": str(counts["skipped"] + cell.quarantined()),
             "time": f"{cell.duration:.3f}",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "hostname": socket.gethostname(),
@@ -71,6 +93,10 @@ def suite_element(cell: CellResult) -> ET.Element:
     ET.SubElement(props, "property", {"name": "matrix-run.status", "value": str(cell.status)})
     if cell.image:
         ET.SubElement(props, "property", {"name": "matrix-run.image", "value": cell.image})
+    for hist in cell.tests.values():
+        if hist.quarantined:
+            name = next((c.nodeid for c in (hist.first, *hist.reruns) if c.nodeid), None) or "::".join(hist.first.key)
+            ET.SubElement(props, "property", {"name": "matrix-run.quarantined", "value": name})
     for hist in cell.tests.values():
         suite.append(testcase_element(hist))
     if cell.reason and cell.status not in (Status.PASSED, Status.FLAKY, Status.FAILED):

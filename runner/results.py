@@ -337,7 +337,9 @@ def evaluate(outcome: ShardOutcome, timeout: float = 0.0) -> Attempt:
     code = outcome.exit_code
     never_ran = [n for n in report.collected if n not in report.finished]
     kind, reason = "ok", ""
-    if outcome.infra_error:
+    if outcome.setup_error:
+        kind, reason = "error", _with_tail(outcome.setup_error, outcome.log)
+    elif outcome.infra_error:
         kind, reason = "infra", outcome.infra_error
     elif outcome.timed_out:
         kind, reason = "timeout", f"shard exceeded tests.timeout ({timeout:g} s)"
@@ -437,6 +439,8 @@ class TestHistory:
 
     first: Case
     reruns: list[Case] = field(default_factory=list)
+    quarantined: bool = False  # a quarantine entry names it: reported, and its failure sets no exit code
+    quarantine_reason: str = ""  # the entry's reason
 
     @property
     def final(self) -> Case:
@@ -512,6 +516,8 @@ class CellResult:
         for hist in self.tests.values():
             c["tests"] += 1
             st = hist.status
+            if hist.quarantined and st in BAD:
+                continue  # counted by quarantined(), not as a failure
             if st is Status.PASSED:
                 c["passed"] += 1
             elif st is Status.FLAKY:
@@ -527,6 +533,10 @@ class CellResult:
             elif st is Status.SKIPPED:
                 c["skipped"] += 1
         return c
+
+    def quarantined(self) -> int:
+        """Quarantined tests that failed, errored or timed out (counts() leaves them out of its failure buckets)."""
+        return sum(1 for h in self.tests.values() if h.quarantined and h.status in BAD)
 
 
 def cell_status(tests: dict[tuple[str, str], TestHistory], attempts: list[Attempt]) -> tuple[Status, str]:

@@ -1,8 +1,7 @@
-"""End of run: results.json, summary.md, report.html, the terminal table, and the exit code."""
+"""End of run: results.json, summary.md, the terminal table, and the exit code (report.html: report_page.py)."""
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import time
@@ -15,13 +14,17 @@ from runner.execution import RunResults
 from runner.results import BAD, Case, CellResult, Status, TestHistory
 
 # results.json's contract (runner/results.schema.json). 2: JUnit built from the plugin's records, shard attempts'
-# "session", the run's "fail_fast_by" and "cluster_lost"
+# "session", the run's "fail_fast_by" and "cluster_lost"; within 2 (fields added, none changed): cells' "quarantined"
+# and "quarantined_tests"
 SCHEMA_VERSION = 2
 
 
-def run_status(results: RunResults, strict_flaky: bool = False) -> tuple[str, ExitCode]:
-    """The run's verdict and exit code (pytest's codes)."""
+def run_status(results: RunResults, strict_flaky: bool = False, skip_unavailable: bool = False) -> tuple[str, ExitCode]:
+    """The run's verdict and exit code (pytest's codes). Cells no node could serve (no_capacity) make it exit 3,
+    unless ``skip_unavailable`` (--skip-unavailable): then they are listed and change nothing."""
     statuses = {c.status for c in results.cells}
+    if skip_unavailable and statuses - {Status.NO_CAPACITY}:
+        statuses -= {Status.NO_CAPACITY}
     if results.interrupted:
         return "interrupted", ExitCode.INTERRUPTED
     if results.cluster_lost:
@@ -30,11 +33,13 @@ def run_status(results: RunResults, strict_flaky: bool = False) -> tuple[str, Ex
         return "failed", ExitCode.TESTS_FAILED
     if Status.INFRA in statuses:
         return "infra", ExitCode.INTERNAL
+    if Status.NO_CAPACITY in statuses and not skip_unavailable:
+        return "no_capacity", ExitCode.INTERNAL
     if strict_flaky and Status.FLAKY in statuses:
         return "flaky", ExitCode.TESTS_FAILED
     if Status.CANCELLED in statuses:
         return "cancelled", ExitCode.TESTS_FAILED
-    if statuses and statuses <= {Status.NO_TESTS}:
+    if statuses and statuses <= {Status.NO_TESTS, Status.NO_CAPACITY}:
         return "no_tests", ExitCode.NO_TESTS
     return "passed", ExitCode.OK
 
@@ -90,8 +95,19 @@ def cell_record(cell: CellResult) -> dict[str, object]:
         "failed_tests": sorted(
             f"{k[0]}::{k[1]}"
             for k, h in cell.tests.items()
-            if h.status in (Status.FAILED, Status.ERROR, Status.TIMEOUT)
+            if h.status in (Status.FAILED, Status.ERROR, Status.TIMEOUT) and not h.quarantined
         ),
+        "quarantined": cell.quarantined(),
+        "quarantined_tests": [
+            {
+                "test": f"{k[0]}::{k[1]}",
+                "nodeid": display_name(h),
+                "status": str(h.status),
+                "reason": h.quarantine_reason,
+            }
+            for k, h in sorted(cell.tests.items())
+            if h.quarantined
+        ],
     }
 
 
@@ -143,7 +159,9 @@ ICON = {
     "cancelled": "⏹️",
     "cached": "♻️",
     "no_tests": "∅",
+    "no_capacity": "🚫",
 }
+QUARANTINE_ICON = "🔒"
 
 
 def _coverage_line(coverage: CoverageSummary | None) -> str:
@@ -185,10 +203,16 @@ def failure_excerpt(case: Case, lines: int = FAILURE_LINES) -> str:
     return "\n".join(shown)
 
 
-def problem_tests(cell: CellResult, statuses: Iterable[Status]) -> list[tuple[str, TestHistory]]:
-    """(label, history) of the cell's tests whose final status is one of ``statuses``, by label."""
+def problem_tests(
+    cell: CellResult, statuses: Iterable[Status], quarantined: bool = False
+) -> list[tuple[str, TestHistory]]:
+    """(label, history) of the cell's tests whose final status is one of ``statuses``, by label: those outside
+    quarantine, or with ``quarantined`` those in it."""
     wanted = set(statuses)
-    return sorted(((display_name(h), h) for h in cell.tests.values() if h.status in wanted), key=lambda p: p[0])
+    return sorted(
+        ((display_name(h), h) for h in cell.tests.values() if h.status in wanted and h.quarantined == quarantined),
+        key=lambda p: p[0],
+    )
 
 
 def _fence(text: str) -> str:
@@ -213,9 +237,14 @@ def _test_entry(label: str, hist: TestHistory) -> list[str]:
     status = hist.status
     failure = shown_failure(hist)
     what = "flaky (passed on a rerun)" if status is Status.FLAKY else str(status)
+    icon = ICON.get(str(status), "")
+    if hist.quarantined:
+        icon = QUARANTINE_ICON
+        why = " ".join(hist.quarantine_reason.split())
+        what += f" (quarantined{': ' + why if why else ''})"
     message = failure.message.strip()
     said = f": {code_span(message)}" if message else ""
-    entry = [f"- {ICON.get(str(status), '')} {code_span(label)} {what}{said}"]
+    entry = [f"- {icon} {code_span(label)} {what}{said}"]
     excerpt = failure_excerpt(failure)
     if excerpt and excerpt != message:
         entry += _code_block(excerpt, indent="  ")
@@ -226,8 +255,9 @@ def _cell_details(cell: CellResult) -> list[str]:
     lines = [f"### `{cell.cell_id}`: {cell.status}"]
     if cell.reason:
         lines += ["", *_code_block(cell.reason.strip()[:REASON_CHARS])]
-    for title, statuses in (("Failed", BAD), ("Flaky", {Status.FLAKY})):
-        tests = problem_tests(cell, statuses)
+    sections = (("Failed", BAD, False), ("Flaky", {Status.FLAKY}, False), ("Quarantined", BAD | {Status.FLAKY}, True))
+    for title, statuses, quarantined in sections:
+        tests = problem_tests(cell, statuses, quarantined)
         if not tests:
             continue
         lines += ["", f"{title} tests ({len(tests)}):", ""]
@@ -241,7 +271,14 @@ def _cell_details(cell: CellResult) -> list[str]:
 def _cell_stub(cell: CellResult) -> list[str]:
     """A cell's details when they do not fit: its status and counts only."""
     c = cell.counts()
-    return [f"- `{cell.cell_id}`: {cell.status}, {c['failures']} failed, {c['errors']} errors, {c['flaky']} flaky"]
+    held = f", {cell.quarantined()} quarantined" if cell.quarantined() else ""
+    return [
+        f"- `{cell.cell_id}`: {cell.status}, {c['failures']} failed, {c['errors']} errors, {c['flaky']} flaky{held}"
+    ]
+
+
+def _has_quarantined_trouble(cell: CellResult) -> bool:
+    return any(h.quarantined and h.status in BAD | {Status.FLAKY} for h in cell.tests.values())
 
 
 def _text(lines: list[str]) -> str:
@@ -273,19 +310,24 @@ def summary_markdown(
         head.append("")
     if coverage is not None:
         head += [_coverage_line(coverage), ""]
+    held = any(h.quarantined for cell in results.cells for h in cell.tests.values())  # a quarantined column
+    extra, extra_rule = (" quarantined |", "---:|") if held else ("", "")
     table = [
-        "| cell | status | tests | passed | failed | errors | skipped | flaky | time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| cell | status | tests | passed | failed | errors | skipped | flaky |{extra} time |",
+        f"|---|---|---:|---:|---:|---:|---:|---:|{extra_rule}---:|",
     ]
     rows = []
     for cell in results.cells:
         c = cell.counts()
         st = str(cell.status)
+        held_count = f" {cell.quarantined()} |" if held else ""
         rows.append(
             f"| `{cell.cell_id}` | {ICON.get(st, '')} {st} | {c['tests']} | {c['passed']} | {c['failures']} | "
-            f"{c['errors']} | {c['skipped']} | {c['flaky']} | {cell.duration:.1f}s |"
+            f"{c['errors']} | {c['skipped']} | {c['flaky']} |{held_count} {cell.duration:.1f}s |"
         )
-    problems = [c for c in results.cells if c.status not in (Status.PASSED, Status.CACHED)]
+    problems = [
+        c for c in results.cells if c.status not in (Status.PASSED, Status.CACHED) or _has_quarantined_trouble(c)
+    ]
     details = [_cell_details(cell) for cell in problems]
     if limit is None or _size(head + table + rows) + sum(map(_size, details)) + _size(["", "## Details", ""]) <= limit:
         lines = head + table + rows
@@ -355,41 +397,6 @@ def write_summary_md(
     path.write_text(summary_markdown(results, name, status, coverage), encoding="utf-8")
 
 
-def write_report_html(
-    results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
-) -> None:
-    rows = []
-    for cell in results.cells:
-        c = cell.counts()
-        st = str(cell.status)
-        rows.append(
-            f"<tr class='{st}'><td><code>{html.escape(cell.cell_id)}</code></td><td>{st}</td><td>{c['tests']}</td>"
-            f"<td>{c['passed']}</td><td>{c['failures']}</td><td>{c['errors']}</td><td>{c['skipped']}</td>"
-            f"<td>{c['flaky']}</td><td>{cell.duration:.1f}s</td><td><pre>{html.escape(cell.reason[:2000])}</pre></td></tr>"
-        )
-    cov_html = (
-        f'\n<p>Coverage: {coverage.percent:.1f}% (<a href="{HTML_DIR}/index.html">report</a>, '
-        f'<a href="{XML_NAME}">{XML_NAME}</a>)</p>'
-        if coverage is not None
-        else ""
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>matrix-run: {html.escape(name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:4px 8px;text-align:left}}tr.passed td:nth-child(2){{color:green}}tr.failed td:nth-child(2),
-tr.error td:nth-child(2),tr.timeout td:nth-child(2),tr.infra td:nth-child(2){{color:#b00}}
-tr.flaky td:nth-child(2){{color:#a60}}pre{{margin:0;white-space:pre-wrap;max-width:50em}}</style></head><body>
-<h1>matrix-run: {html.escape(name)} — {html.escape(status)}</h1>
-<p>run {html.escape(results.run_id)}, {results.duration:.1f}s, images built {results.images_built},
-reused {results.images_reused}. Files: <a href="junit.xml">junit.xml</a>, <a href="results.json">results.json</a>,
-<a href="summary.md">summary.md</a>, logs under <code>logs/</code>.</p>{cov_html}
-<table><tr><th>cell</th><th>status</th><th>tests</th><th>passed</th><th>failed</th><th>errors</th><th>skipped</th>
-<th>flaky</th><th>time</th><th>reason</th></tr>
-{"".join(rows)}
-</table></body></html>
-"""
-    path.write_text(page, encoding="utf-8")
-
-
 def print_table(results: RunResults, status: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -420,5 +427,9 @@ def print_table(results: RunResults, status: str) -> None:
             # and is read by a CI runner as a workflow command (::error::, ::add-mask::, ::stop-commands::)
             reason = "\n  ".join(cell.reason.strip()[:1500].splitlines())
             print(f"{cell.cell_id}: {cell.status}: {reason}")
+    for cell in results.cells:
+        for label, hist in problem_tests(cell, BAD | {Status.FLAKY}, quarantined=True):
+            # the node id comes from the tests: on one line, after the cell id (never a workflow command)
+            print(f"{cell.cell_id}: quarantined: {' '.join(label.split())} {hist.status} (sets no exit code)")
     for note in run_notes(results):
         print(f"matrix-run: {note}")

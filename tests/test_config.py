@@ -522,6 +522,41 @@ BAD_FILES = [
         ["must be an integer >= 16"],
         id="pids-template",
     ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nreport: {rows: torch}\n",
+        "report.rows",
+        2,
+        ["'torch' is not an axis of the matrix", "axes are: python"],
+        id="report-rows-not-an-axis",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nquarantine:\n  - {tests: 'a.py::t'}\n",
+        "quarantine[0].tests",
+        3,
+        ["unknown key 'tests'", "did you mean 'test'?"],
+        id="quarantine-typo",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nquarantine:\n  - {reason: flaky}\n",
+        "quarantine[0]",
+        3,
+        ["needs 'test'"],
+        id="quarantine-without-test",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nquarantine:\n  - {test: 'a.py::t', cells: [python]}\n",
+        "quarantine[0].cells[0]",
+        3,
+        ["must be AXIS=VALUE"],
+        id="quarantine-bad-cells",
+    ),
+    pytest.param(
+        "matrix: {python: ['3.11']}\nquarantine: {test: x}\n",
+        "quarantine",
+        2,
+        ["must be a list of entries"],
+        id="quarantine-not-a-list",
+    ),
 ]
 
 
@@ -841,3 +876,32 @@ def test_key_lines_map_keys_below_an_alias_onto_the_anchor() -> None:
     assert lines.find("b") == 7  # the key that uses the alias has its own line
     assert lines.find("b[0].k") == 3
     assert lines.find("zz") is None
+
+
+def test_runs_on_and_executor_are_templated_per_cell(tmp_path: Path) -> None:
+    from runner import matrix
+
+    path = write(
+        tmp_path,
+        "matrix:\n  os: [linux, mac]\n  python: ['3.12']\n  include:\n    - {os: mac, executor: host}\n"
+        "runs-on: 'lab-{os}'\nimage: {python: '/opt/py/{python}/bin/python'}\n",
+    )
+    cells = {c.id: c for c in matrix.expand(config.load(path))}
+    linux, mac = cells["os-linux_python-3.12"], cells["os-mac_python-3.12_executor-host"]
+    assert (linux.runs_on, linux.executor) == ("lab-linux", "docker")
+    assert (mac.runs_on, mac.executor, mac.python) == ("lab-mac", "host", "/opt/py/3.12/bin/python")
+
+
+def test_an_executor_that_is_not_docker_or_host_names_the_cell(tmp_path: Path) -> None:
+    from runner import matrix
+
+    path = write(tmp_path, "matrix:\n  python: ['3.12']\n  ex: [podman]\nexecutor: '{ex}'\n")
+    with pytest.raises(ConfigError, match=r"cell python-3\.12_ex-podman") as info:
+        matrix.expand(config.load(path))
+    assert "write docker or host" in str(info.value)
+
+
+def test_a_quarantine_file_is_the_same_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "- {test: 'tests/test_io.py::*', cells: {python: '3.11'}, reason: flaky on CI}\n", "q.yaml")
+    (entry,) = config.load_quarantine(path)
+    assert (entry.test, entry.cells, entry.reason) == ("tests/test_io.py::*", (("python", "3.11"),), "flaky on CI")

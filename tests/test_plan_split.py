@@ -18,8 +18,8 @@ import pytest
 
 from runner import plan
 from runner.container_side import matrix_run_plugin as plugin
-from runner.coordinator import Coordinator, ShardState
 from runner.retry import Budget
+from runner.scheduler import Scheduler, ShardState
 from tests.conftest import CELL
 
 Suite = dict[str, list[str]]  # file -> the node ids pytest collects from it now, in collection order
@@ -83,15 +83,15 @@ tests_run_by.__test__ = False  # type: ignore[attr-defined]  # a helper, named a
 
 
 def complement_of(shards: Sequence[plan.Shard], shard: plan.Shard) -> tuple[str, ...]:
-    """What the coordinator excludes from the first shard (its own ``_others_files``, on these shards)."""
+    """What the scheduler excludes from the first shard (its own ``_others_files``, on these shards)."""
     states = [ShardState(s, CELL, Budget(flaky=0, infra=0)) for s in shards]
-    coordinator = SimpleNamespace(states={CELL.id: states})
+    scheduler = SimpleNamespace(states={CELL.id: states})
     mine = next(st for st in states if st.shard is shard)
-    return Coordinator._others_files(coordinator, mine)  # type: ignore[arg-type]
+    return Scheduler._others_files(scheduler, mine)  # type: ignore[arg-type]
 
 
 def run_lists(shards: Sequence[plan.Shard], suite: Suite) -> list[list[str]]:
-    """Per shard, the tests it runs, each shard submitted the way ``Coordinator._submit`` submits a first attempt."""
+    """Per shard, the tests it runs, each shard submitted the way ``Scheduler.request_for`` makes a first attempt."""
     return [tests_run_by(s, suite, complement_of(shards, s) if s.index == 1 else None) for s in shards]
 
 

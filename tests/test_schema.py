@@ -79,7 +79,8 @@ def every_kind_of_cell() -> list[CellResult]:
     )  # fmt: skip
     error = CellResult("py-3.7", {"python": "3.7"}, Status.ERROR, "image build failed: pip exited 1", {}, [], 3.0)
     cancelled = CellResult("py-3.6", {"python": "3.6"}, Status.CANCELLED, "cancelled by fail-fast", {}, [], 0.0)
-    return [passed, flaky, mixed_cell(), timeout_cell(), infra, no_tests, cached, error, cancelled]
+    unservable = CellResult("py-3.5", {"python": "3.5"}, Status.NO_CAPACITY, "no node has the label gpu", {}, [], 0.0)
+    return [passed, flaky, mixed_cell(), timeout_cell(), infra, no_tests, cached, error, cancelled, unservable]
 
 
 def write(results: RunResults, path: Path, coverage: CoverageSummary | None = None) -> Path:

@@ -1,6 +1,8 @@
 """Source layer: unpack the project snapshot into /src and install the project (no network, no deps).
 
-Usage: python prepare.py TARBALL DEST INSTALL(0|1) [ROOTS_JSON [WORKDIR]]. Runs once per cell image and source snapshot;
+Usage: python prepare.py TARBALL DEST INSTALL(0|1) [ROOTS_JSON [WORKDIR]]. Runs once per cell image and source snapshot
+(the host executor runs it on the node, with MATRIX_RUN_HOST=1 and MATRIX_RUN_INSTALL_TARGET naming where the
+project goes);
 the result is committed as a thin image layer that every shard of that cell starts from, so a shard pays neither
 for the unpacking nor for the install, and a code change rebuilds only this layer, never the dependency image.
 
@@ -51,7 +53,10 @@ def install_project(src):
         env.setdefault("SETUPTOOLS_SCM_PRETEND_VERSION", "0.0.0+matrixrun")
     base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
     base += ["--disable-pip-version-check"]
-    for argv in (base + ["-e", src], base + [src]):
+    target = os.environ.get("MATRIX_RUN_INSTALL_TARGET")
+    # the host executor: a regular build into a folder of this snapshot's own, beside the shared environment
+    attempts = [base + ["--target", target, src]] if target else [base + ["-e", src], base + [src]]
+    for argv in attempts:
         code = subprocess.call(argv, env=env, stdout=sys.stderr)
         if code == 0:
             return
@@ -129,7 +134,8 @@ def main():
     if install:
         install_project(dest)
     warm_bytecode(dest, roots, workdir)
-    add_test_user(dest)
+    if os.environ.get("MATRIX_RUN_HOST") != "1":  # on a host (executor: host) there is no image to add a user to
+        add_test_user(dest)
 
 
 if __name__ == "__main__":

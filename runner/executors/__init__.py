@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
-from runner.execution import Executor
+import json
+from pathlib import Path
+
+from runner.execution import Executor, ShardRequest
 
 
 def executor_for(name: str) -> Executor:
@@ -19,3 +22,26 @@ def executor_for(name: str) -> Executor:
     from runner.executors.docker import DockerExecutor
 
     return DockerExecutor()
+
+
+def write_inputs(folder: Path, req: ShardRequest, src: str, out: str) -> None:
+    """The shard's inputs for entry.py and the plugin, as files in ``folder`` (seen by the shard as ``out``): the
+    command and where it runs (``src``: the project as the shard sees it), its files, its node-id selection."""
+    request = {
+        "src": src,
+        "out": out,
+        "workdir": req.workdir,
+        "command": list(req.command),
+        "roots": list(req.roots),
+        "select": bool(req.only or req.skip),
+        "install_project": req.install_project,
+        "coverage": {"source": list(req.coverage.source), "branch": req.coverage.branch}
+        if req.coverage.enabled
+        else None,
+    }
+    (folder / "request.json").write_text(json.dumps(request))
+    if req.only or req.skip:
+        select = {"only": list(req.only), "skip": list(req.skip), "fallback": req.rerun}
+        (folder / "select.json").write_text(json.dumps(select))
+    files = {"root": src, "exclude" if req.complement else "include": list(req.files)}
+    (folder / "files.json").write_text(json.dumps(files))

@@ -10,7 +10,6 @@ the run/cell/shard labels and is removed on every path out of here: success, fai
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from runner import engine, images, outputs, workspace
 from runner.errors import EnvironmentProblem
 from runner.execution import SETUP_FAILED, ShardOutcome, ShardRequest
+from runner.executors import write_inputs
 from runner.masking import mask_report, mask_secrets
 
 if TYPE_CHECKING:
@@ -182,27 +182,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         if user is not None:  # the test user writes its reports here; the folder above stays root's own
             uid, _, gid = user.partition(":")
             os.chown(work / "out", int(uid), int(gid or uid))
-        (work / "out" / "request.json").write_text(
-            json.dumps(
-                {
-                    "src": SRC,
-                    "out": OUT,
-                    "workdir": req.workdir,
-                    "command": list(req.command),
-                    "roots": list(req.roots),
-                    "select": bool(req.only or req.skip),
-                    "install_project": req.install_project,
-                    "coverage": {"source": list(req.coverage.source), "branch": req.coverage.branch}
-                    if req.coverage.enabled
-                    else None,
-                }
-            )
-        )
-        if req.only or req.skip:
-            select = {"only": list(req.only), "skip": list(req.skip), "fallback": req.rerun}
-            (work / "out" / "select.json").write_text(json.dumps(select))
-        files = {"root": SRC, "exclude" if req.complement else "include": list(req.files)}
-        (work / "out" / "files.json").write_text(json.dumps(files))
+        write_inputs(work / "out", req, SRC, OUT)
         _remove_stale(client, req)
         container = _create(client, req, tag, work, gpu_ids)
         container.start()
@@ -307,6 +287,15 @@ def _remove_listed(client: Any, container: dict[str, Any]) -> bool:
         client.api.remove_container(container["Id"], force=True)
         return True
     except (docker.errors.DockerException, OSError):
+        return False
+
+
+def engine_answers() -> bool:
+    """Whether this node's Docker engine answers (a node without one can serve only host cells)."""
+    try:
+        engine.connect(timeout=10)
+        return True
+    except EnvironmentProblem:
         return False
 
 
