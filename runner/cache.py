@@ -34,6 +34,7 @@ def key_for(
             "resources": [cell.resources.cpus, cell.resources.memory, cell.resources.gpus],
             "recipe": f"{images.RECIPE_VERSION}/{images.SOURCE_RECIPE}",
             "coverage": [mf.coverage.enabled, list(mf.coverage.source), mf.coverage.branch],
+            "executor": cell.executor,
         }
     )
 
@@ -59,3 +60,23 @@ def remember(history: History, scope: str, key: str, result: CellResult) -> None
     """Keep a fully passing cell (flaky does not count) for later ``--cache`` runs."""
     if result.status is Status.PASSED and result.tests:
         history.store(key, scope, result.cell_id, ET.tostring(junit.suite_element(result)))
+
+
+def split(
+    history: History,
+    mf: MatrixFile,
+    cells: list[Cell],
+    specs: dict[str, images.ImageSpec],
+    source_digest: str,
+    env: tuple[tuple[str, str], ...],
+    use: bool,
+) -> tuple[dict[str, str], dict[str, CellResult]]:
+    """The pipeline's cache step: every cell's key, and (``use``: --cache) the cells a passing run already served."""
+    keys = {c.id: key_for(mf, c, specs[c.id], source_digest, env) for c in cells}
+    hits = {c.id: lookup(history, keys[c.id], c) for c in cells} if use else {}
+    return keys, {cid: hit for cid, hit in hits.items() if hit is not None}
+
+
+def remember_all(history: History, scope: str, keys: dict[str, str], cells: list[CellResult]) -> None:
+    for cell in cells:
+        remember(history, scope, keys[cell.cell_id], cell)

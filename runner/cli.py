@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING
 from runner import __version__, config, matrix, plan
 from runner.errors import ExitCode, UserError
 from runner.history import History
-from runner.results import Status
 
 if TYPE_CHECKING:
-    from runner import coverage_merge
-    from runner.execution import RunResults
+    pass
 
 
 def print_plan(planned: plan.Planned) -> None:
@@ -97,10 +95,8 @@ def _history(args: argparse.Namespace) -> History:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner import cache, engine, github, images, junit, outdir, summary, workspace
-    from runner.coordinator import Coordinator, RunOptions
-    from runner.execution import RunResults
-    from runner.progress import make_view
+    """The run as a pipeline: plan -> cache -> images and execute -> quarantine -> reports -> history."""
+    from runner import cache, coordinator, engine, images, outdir, quarantine, reports, summary, workspace
 
     if not args.dry_run:
         # importing Ray takes about 2 s: do it while the matrix is planned and the images are checked
@@ -123,23 +119,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = _container_env(mf, args.env)
     run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_folder = outdir.claim(Path(args.out or Path(".matrix-run") / mf.name), run_id, force=args.force)
-    out = out_folder.path
     # the docker executor needs this machine's engine (to check bases and build images); host cells do not
     client = engine.connect() if any(c.executor == "docker" for c in planned.cells) else None
     specs = images.specs_for(mf, planned.cells, client)
-    keys = {c.id: cache.key_for(mf, c, specs[c.id], planned.tree.digest, env) for c in planned.cells}
-    cached = {}
-    if args.cache:
-        for cell in planned.cells:
-            hit = cache.lookup(history, keys[cell.id], cell)
-            if hit is not None:
-                cached[cell.id] = hit
-    to_run = [c for c in planned.cells if c.id not in cached]
+    keys, cached = cache.split(history, mf, planned.cells, specs, planned.tree.digest, env, args.cache)
     if client is not None:
-        images.check_bases(client, {c.id: specs[c.id] for c in to_run if c.executor == "docker"})
-    options = RunOptions(
+        bases = {c.id: specs[c.id] for c in planned.cells if c.id not in cached and c.executor == "docker"}
+        images.check_bases(client, bases)
+    held = (*mf.quarantine, *(entry for listed in args.quarantine for entry in listed))
+    for warning in quarantine.unknown_axes(held, {a for c in planned.cells for a in c.axes}):
+        print(f"matrix-run: {warning}", file=sys.stderr)
+    options = coordinator.RunOptions(
         run_id=run_id,
-        out=out,
+        out=out_folder.path,
         address=args.address,
         max_parallel=args.max_parallel if args.max_parallel is not None else mf.strategy.max_parallel,
         fail_fast=mf.strategy.fail_fast if args.fail_fast is None else args.fail_fast,
@@ -148,55 +140,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         env=env,
         owner=workspace.owner_token(),
         cluster=joined,
-        quarantine=(*mf.quarantine, *(entry for listed in args.quarantine for entry in listed)),
+        quarantine=held,
     )
-    started = time.monotonic()
-    if to_run:
-        view = make_view(plain=args.plain)
-        view.begin({c.id: len(planned.shards[c.id]) for c in to_run})
-        view.note(f"run {run_id}: {len(to_run)} cell(s) to run, {len(cached)} cached -> {out}")
-        try:
-            ran = Coordinator(mf, to_run, planned.shards, specs, planned.tree, options, view).run()
-        finally:
-            view.end()
-    else:
-        ran = RunResults(run_id, [], False, False, 0.0, 0, 0)
-    by_id = {c.cell_id: c for c in ran.cells} | cached
-    results = RunResults(
-        run_id=run_id,
-        cells=[by_id[c.id] for c in planned.cells],
-        interrupted=ran.interrupted,
-        cancelled=ran.cancelled,
-        duration=time.monotonic() - started,
-        images_built=ran.images_built,
-        images_reused=ran.images_reused,
-        image_check_seconds=ran.image_check_seconds,
-        fail_fast_by=ran.fail_fast_by,
-        cluster_lost=ran.cluster_lost,
+    ran, results = coordinator.execute(
+        mf, planned.cells, planned.shards, cached, specs, planned.tree, options, args.plain
     )
-    from runner import quarantine, report_page
-
-    held = options.quarantine
-    for warning in quarantine.unknown_axes(held, {a for c in planned.cells for a in c.axes}):
-        print(f"matrix-run: {warning}", file=sys.stderr)
     results = quarantine.apply(results, held)  # quarantined failures set no exit code; ran.cells stay as they ran
     status, code = summary.run_status(results, args.strict_flaky, args.skip_unavailable)
-    junit.write_merged(results.cells, out / "junit.xml", mf.name)
-    covered = _merge_coverage(mf, results, out) if mf.coverage.enabled else None
-    summary.write_results_json(results, out / "results.json", mf.name, status, code, covered)
-    summary.write_summary_md(results, out / "summary.md", mf.name, status, covered)
-    report_page.write(out / "report.html", results, mf, status, covered, history, planned.scope)
-    for finished in ran.cells:
-        whole = finished.status not in (Status.CANCELLED, Status.INFRA, Status.TIMEOUT)
-        history.record_cell(planned.scope, finished.cell_id, finished, complete=whole)
-        cache.remember(history, planned.scope, keys[finished.cell_id], finished)
-    history.record_outcomes(planned.scope, run_id, planned.tree.digest, ran.cells)  # the flake ledger
+    reports.write_all(results, mf, out_folder.path, status, code, history, planned.scope)
+    history.record_run(planned.scope, run_id, planned.tree.digest, ran.cells)  # durations and the flake ledger
+    cache.remember_all(history, planned.scope, keys, ran.cells)
     history.close()
-    summary.print_table(results, status)
-    print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")
-    if covered is not None:
-        print(f"coverage: {covered.percent:.1f}% of {covered.files} file(s) -> {out}/coverage.xml, htmlcov/index.html")
-    github.emit(results, os.environ, mf.project, mf.name, status, covered)  # annotations, $GITHUB_STEP_SUMMARY
     out_folder.release()
     if ran.cluster_lost:
         # Ray's core ends a process whose GCS is gone after a minute, and its exit handler would block on it:
@@ -205,21 +159,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(int(code))
     return code
-
-
-def _merge_coverage(mf: config.MatrixFile, results: RunResults, out: Path) -> coverage_merge.CoverageSummary | None:
-    """One coverage report for the whole matrix, from every shard attempt that sent data. Never fails the run."""
-    from runner import coverage_merge
-
-    datas = [att.outcome.coverage for cell in results.cells for att in cell.attempts if att.outcome.coverage]
-    try:
-        covered = coverage_merge.write_merged(datas, mf.project, out, f"matrix-run: {mf.name}")
-    except Exception as exc:  # a coverage problem is reported, never turned into a failed run
-        print(f"matrix-run: coverage not merged: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        return None
-    for note in covered.warnings if covered is not None else ():
-        print(f"matrix-run: coverage: {note}", file=sys.stderr)
-    return covered
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ failure later in the run loses nothing already produced.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ from runner.images import ImageSpec
 from runner.matrix import Cell
 from runner.plan import Shard
 from runner.progress import View
+from runner.results import CellResult
 from runner.scheduler import Scheduler
 from runner.source import SourceTree
 
@@ -81,6 +83,37 @@ def cell_request(
         runs_on=cell.runs_on,
         python=cell.python,
     )
+
+
+def execute(
+    mf: MatrixFile,
+    planned_cells: list[Cell],
+    shards: dict[str, list[Shard]],
+    cached: dict[str, CellResult],
+    specs: dict[str, ImageSpec],
+    tree: SourceTree,
+    options: RunOptions,
+    plain: bool | None = None,
+) -> tuple[RunResults, RunResults]:
+    """The pipeline's execute step: images and shards of every cell --cache did not serve, with a live view.
+    Returns (what ran, the whole matrix in plan order with the cached cells)."""
+    from runner.progress import make_view
+
+    to_run = [c for c in planned_cells if c.id not in cached]
+    started = time.monotonic()
+    if to_run:
+        view = make_view(plain=plain)
+        view.begin({c.id: len(shards[c.id]) for c in to_run})
+        view.note(f"run {options.run_id}: {len(to_run)} cell(s) to run, {len(cached)} cached -> {options.out}")
+        try:
+            ran = Coordinator(mf, to_run, shards, specs, tree, options, view).run()
+        finally:
+            view.end()
+    else:
+        ran = RunResults(options.run_id, [], False, False, 0.0, 0, 0)
+    by_id = {c.cell_id: c for c in ran.cells} | cached
+    whole = dataclasses.replace(ran, cells=[by_id[c.id] for c in planned_cells], duration=time.monotonic() - started)
+    return ran, whole
 
 
 class Coordinator:

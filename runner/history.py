@@ -415,6 +415,16 @@ class History:
 
     # ------------------------------------------------------------------------------------------------ flake ledger
 
+    def record_run(self, scope: str, run_id: str, source: str, cells: list[CellResult]) -> None:
+        """The pipeline's history step: each cell's durations (a cell cut short by cancel, infra or a timeout is
+        recorded as partial) and the flake ledger's outcomes."""
+        from runner.results import Status
+
+        for cell in cells:
+            whole = cell.status not in (Status.CANCELLED, Status.INFRA, Status.TIMEOUT)
+            self.record_cell(scope, cell.cell_id, cell, complete=whole)
+        self.record_outcomes(scope, run_id, source, cells)
+
     def record_outcomes(self, scope: str, run_id: str, source: str, cells: Iterable[CellResult]) -> int:
         """Add one run's test outcomes to the flake ledger, in one transaction; returns the number of test rows.
 
