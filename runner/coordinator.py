@@ -211,10 +211,8 @@ class Coordinator:
                     ray_cluster.lost = str(exc)
                     sched.lose(str(exc))
                     break
-                if sched.finished and not builds:
-                    break
-                if sched.finished and sched.cancelled:
-                    break  # fail-fast struck: what is still building is not waited for
+                if sched.finished and (not builds or sched.cancelled):
+                    break  # all done; or fail-fast struck, and what is still building is not waited for
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)

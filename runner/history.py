@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from runner.results import CellResult, TestHistory
@@ -484,32 +484,26 @@ class History:
         ).fetchall()
         return [r for (r,) in reversed(rows)]
 
+    def _rows_of_runs(self, select: str, scope: str, run_ids: Sequence[str]) -> list[Any]:
+        """``select`` (``SELECT ... FROM table``) for those runs of ``scope``, 500 run ids per query."""
+        rows: list[Any] = []
+        for k in range(0, len(run_ids), 500):
+            chunk = list(run_ids[k : k + 500])
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(f"{select} WHERE scope = ? AND run_id IN ({marks})", (scope, *chunk)).fetchall()
+        return rows
+
     def ledger_cells(self, scope: str, run_ids: Sequence[str]) -> list[LedgerCell]:
         """The cells of those runs, oldest run first."""
-        out: list[LedgerCell] = []
-        for i in range(0, len(run_ids), 500):
-            chunk = list(run_ids[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                "SELECT scope, run_id, cell, axes, source, status, tests, failing, updated FROM ledger_cells "
-                f"WHERE scope = ? AND run_id IN ({marks})",
-                (scope, *chunk),
-            ).fetchall()
-            out += [LedgerCell(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        select = "SELECT scope, run_id, cell, axes, source, status, tests, failing, updated FROM ledger_cells"
+        rows = self._rows_of_runs(select, scope, run_ids)
+        out = [LedgerCell(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
         return sorted(out, key=lambda c: (c.time, c.run_id, c.cell))
 
     def ledger_outcomes(self, scope: str, run_ids: Sequence[str]) -> list[Outcome]:
         """The test outcomes of those runs, oldest run first."""
-        out: list[Outcome] = []
-        for i in range(0, len(run_ids), 500):
-            chunk = list(run_ids[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                "SELECT scope, run_id, cell, nodeid, outcome, attempts, failed, source, updated FROM ledger "
-                f"WHERE scope = ? AND run_id IN ({marks})",
-                (scope, *chunk),
-            ).fetchall()
-            out += [Outcome(*r) for r in rows]
+        select = "SELECT scope, run_id, cell, nodeid, outcome, attempts, failed, source, updated FROM ledger"
+        out = [Outcome(*r) for r in self._rows_of_runs(select, scope, run_ids)]
         return sorted(out, key=lambda o: (o.time, o.run_id, o.cell, o.test))
 
     # ------------------------------------------------------------------------------------------------ results

@@ -144,24 +144,29 @@ def why_unservable(nodes: list[Node], request: ShardRequest) -> str:
     return f"needs {res.cpus:g} CPU(s) per shard; the most any node offers is {most_cpus:g}"
 
 
+def _with_room(options: list[Node], free: dict[str, list[float]], request: ShardRequest) -> Node | None:
+    """The first of ``options`` with room for ``request`` now, given ``free`` [cpus, gpus] per node."""
+    res = request.resources
+    for node in options:
+        cpus, gpus = free[node.node_id]
+        if cpus + 1e-9 >= res.cpus and gpus + 1e-9 >= res.gpus:
+            return node
+    return None
+
+
+def _take(free: dict[str, list[float]], node: Node, request: ShardRequest) -> None:
+    free[node.node_id][0] -= request.resources.cpus
+    free[node.node_id][1] -= request.resources.gpus
+
+
 def _room(nodes: list[Node], running: list[ShardRequest]) -> dict[str, list[float]]:
     """Free [cpus, gpus] per node once ``running`` is placed first-fit (where the transport really put each shard
     is not known until it ends; first-fit over the same eligibility is what it would do)."""
     free = {n.node_id: [n.cpus, n.gpus] for n in nodes}
     for req in running:
         options = eligible(nodes, req)
-        if not options:
-            continue
-        chosen = next(
-            (
-                n
-                for n in options
-                if free[n.node_id][0] + 1e-9 >= req.resources.cpus and free[n.node_id][1] + 1e-9 >= req.resources.gpus
-            ),
-            options[0],
-        )
-        free[chosen.node_id][0] -= req.resources.cpus
-        free[chosen.node_id][1] -= req.resources.gpus
+        if options:
+            _take(free, _with_room(options, free, req) or options[0], req)
     return free
 
 
@@ -293,20 +298,11 @@ class Scheduler:
                 break
             entry = heapq.heappop(self.queue)
             req = self.prototypes[entry[3].cell.id]
-            res = req.resources
-            place = next(
-                (
-                    n
-                    for n in eligible(nodes, req)
-                    if free[n.node_id][0] + 1e-9 >= res.cpus and free[n.node_id][1] + 1e-9 >= res.gpus
-                ),
-                None,
-            )
+            place = _with_room(eligible(nodes, req), free, req)
             if place is None:
                 deferred.append(entry)
                 continue
-            free[place.node_id][0] -= res.cpus
-            free[place.node_id][1] -= res.gpus
+            _take(free, place, req)
             self._submit(entry)
         for entry in deferred:
             heapq.heappush(self.queue, entry)

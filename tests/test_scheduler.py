@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 from runner.execution import ShardOutcome, ShardRequest
-from runner.images import ImageSpec
 from runner.matrix import Cell, Resources
 from runner.plan import Shard
 from runner.results import Status
-from runner.scheduler import Node, Scheduler, eligible, why_unservable
+from runner.scheduler import Node, Scheduler, eligible, request_shape, why_unservable
 from tests.test_results import jsonl, phases
 
 Script = Callable[[ShardRequest], ShardOutcome]
@@ -117,18 +116,7 @@ def cell(cid: str, cpus: float = 1.0, gpus: float = 0.0, runs_on: str = "", exec
 
 
 def prototype(c: Cell) -> ShardRequest:
-    return ShardRequest(
-        run_id="r",
-        cell_id=c.id,
-        shard="",
-        attempt=0,
-        image=ImageSpec(base=c.base),
-        command=c.command,
-        files=(),
-        resources=c.resources,
-        runs_on=c.runs_on,
-        executor=c.executor,
-    )
+    return request_shape(c)  # what placement reads; the fake runs nothing else of a request
 
 
 def shards_of(cid: str, predicted: list[float]) -> list[Shard]:

@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from runner import images, outputs, source, workspace
 from runner.execution import SETUP_FAILED, ShardOutcome, ShardRequest
@@ -94,36 +95,35 @@ def _locked(name: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _run_logged(argv: list[str], env: dict[str, str], log: Path, timeout: float, cwd: str | None = None) -> int:
-    """Run a setup step in its own process group, output appended to ``log``; the group is killed on timeout."""
+def _run_group(argv: list[str], env: dict[str, str], cwd: str, out: IO[bytes], timeout: float) -> int | None:
+    """Run ``argv`` in a session and process group of its own, output into ``out``; the exit code, or None when
+    ``timeout`` struck. The whole group is killed on every way out: what the command left running goes too."""
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()
+
+
+def _run_logged(argv: list[str], env: dict[str, str], log: Path, timeout: float, cwd: str) -> int:
+    """A setup step, its output appended to ``log``; a timeout counts as a kill."""
     with open(log, "ab") as fh:
         fh.write(("+ " + " ".join(argv) + "\n").encode())
         fh.flush()
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.wait()
+        code = _run_group(argv, env, cwd, fh, timeout)
+        if code is None:
             fh.write(f"matrix-run: timed out after {timeout:g} s\n".encode())
             return -signal.SIGKILL
+        return code
 
 
 def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 64 * 1024))
-            return "\n".join(fh.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    return "\n".join(_log_tail(path, 64 * 1024).decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _setup_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -362,23 +362,8 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
             env = shard_environment(req, venv, layer, work, token, gpu_ids)
             argv = [str(venv / "bin" / "python"), str(SIDE_DIR / "entry.py"), str(work / "out" / "request.json")]
             with open(work / "shard.log", "wb") as fh:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=src,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                try:
-                    exit_code = proc.wait(timeout=req.timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    _kill_group(proc.pid)
-                    proc.wait()
-                finally:
-                    _kill_group(proc.pid)  # whatever the suite left running in its group
+                exit_code = _run_group(argv, env, str(src), fh, req.timeout)
+                timed_out = exit_code is None
             log = _log_tail(work / "shard.log", req.output_limit)
     except images.SetupFailed as exc:
         exit_code = SETUP_FAILED
