@@ -205,14 +205,15 @@ class Coordinator:
                     sched.lose(lost)
                     break
                 self._collect_builds(builds, sched)
+                # checked here, after the cluster was: a last outcome may be Ray's word that its node died
+                if sched.finished and (not builds or sched.cancelled):
+                    break  # all done; or fail-fast struck, and what is still building is not waited for
                 try:
                     sched.step(timeout=0.2)
                 except cluster.ClusterLost as exc:
                     ray_cluster.lost = str(exc)
                     sched.lose(str(exc))
                     break
-                if sched.finished and (not builds or sched.cancelled):
-                    break  # all done; or fail-fast struck, and what is still building is not waited for
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
