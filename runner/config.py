@@ -73,8 +73,12 @@ class ImageConfig:
     build_args: tuple[tuple[str, str], ...] = ()
     pytest: str = "pytest"
     ca_bundle: str = "auto"  # "auto", "none" or a host path
-    wheelhouse: str = "auto"  # "auto", "none" or a host path
+    wheelhouse: tuple[str, ...] = ("auto",)  # ("auto",), ("none",) or host folders of wheels
+    cache: str = "auto"  # the node's package cache for image builds: "auto", "none" or a host folder
+    installer: str = "uv"  # what installs the cell's packages in image builds: "uv" or "pip"
+    heavy: tuple[str, ...] | None = ()  # more package names for the shared heavy layer; None: no heavy layer
     python: str = ""  # host executor: the interpreter (a name on PATH or a path); "" = python{python}, else python3
+    registry: str = ""  # HOST[:PORT][/PREFIX]: build each image once, push it there by content tag, nodes pull it
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,9 @@ class ResourcesConfig:
     memory: str = ""
     gpus: str = "0"
     pids: int = 4096  # the container's pids limit
+    shm: str = ""  # the container's /dev/shm size (Docker's shm_size); "" = Docker's default, 64m
+    ipc: str = ""  # the container's IPC namespace: "private", "shareable" or "host"; "" = the engine's default
+    gpu_type: str = ""  # the accelerator type the GPUs must be (Ray's "accelerator_type:T"); "" or "any" = any
 
 
 @dataclass(frozen=True)
@@ -497,6 +504,26 @@ def _memory(doc: _Doc, key: str, value: Any) -> str:
     return text
 
 
+IPC_MODES = ("private", "shareable", "host")  # Docker's ipc_mode values for a container of its own
+SHM_WITH_HOST_IPC = "has no effect with ipc: host (the container uses the host's /dev/shm); drop one of the two"
+
+
+def _choice(doc: _Doc, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    """One of ``choices``, a template such as ``"{ipc}"`` (checked per cell), or "" (unset)."""
+    text = _plain(doc, key, _str(doc, key, value)).strip()
+    if text and "{" not in text and text not in choices:
+        raise doc.error(key, f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _gpu_type(doc: _Doc, key: str, value: Any) -> str:
+    """An accelerator type as Ray names it (H100, A10G, A100-80G; ray.util.accelerators), a template, or "any"."""
+    text = _plain(doc, key, _str(doc, key, value)).strip()
+    if text and "{" not in text and not SAFE_VALUE.match(text):
+        raise doc.error(key, f"{text!r} is not a GPU type; write Ray's accelerator type, e.g. H100, A10G or A100-80G")
+    return text
+
+
 def _number_text(doc: _Doc, key: str, value: Any) -> str:
     text = _str(doc, key, value)
     if "{" not in text:
@@ -533,7 +560,11 @@ IMAGE_KEYS = (
     "pytest",
     "ca-bundle",
     "wheelhouse",
+    "cache",
+    "installer",
+    "heavy",
     "python",
+    "registry",
 )
 TESTS_KEYS = (
     "command",
@@ -554,9 +585,21 @@ TESTS_KEYS = (
 RETRIES_KEYS = ("flaky", "infra")
 COVERAGE_KEYS = ("enabled", "source", "branch")
 STRATEGY_KEYS = ("fail-fast", "max-parallel")
-RESOURCES_KEYS = ("cpus", "memory", "gpus", "pids")
+RESOURCES_KEYS = ("cpus", "memory", "gpus", "pids", "shm", "ipc", "gpu-type")
 REPORT_KEYS = ("rows", "columns")
 QUARANTINE_KEYS = ("test", "cells", "reason")
+
+
+REGISTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._/-]*)?$")
+
+
+def _registry(doc: _Doc, value: object) -> str:
+    text = _str(doc, "image.registry", value).strip().rstrip("/")
+    if text and not REGISTRY.match(text):
+        raise doc.error(
+            "image.registry", f"{text!r} is not HOST[:PORT][/PREFIX] (e.g. 127.0.0.1:5000/matrix-run, no scheme)"
+        )
+    return text
 
 
 def load(path: str | Path) -> MatrixFile:
@@ -606,8 +649,12 @@ def load(path: str | Path) -> MatrixFile:
         build_args=_str_map(doc, "image.build-args", img.get("build-args", {})),
         pytest=_str(doc, "image.pytest", img.get("pytest", "pytest")),
         ca_bundle=_host_path_option(doc, "image.ca-bundle", img.get("ca-bundle", "auto")),
-        wheelhouse=_host_path_option(doc, "image.wheelhouse", img.get("wheelhouse", "auto")),
+        wheelhouse=_wheelhouse(doc, img.get("wheelhouse", "auto")),
+        cache=_cache_option(doc, img.get("cache", "auto")),
+        installer=_installer(doc, img.get("installer", "uv")),
+        heavy=_heavy(doc, img.get("heavy", [])),
         python=_plain(doc, "image.python", _str(doc, "image.python", img.get("python", ""))),
+        registry=_registry(doc, img.get("registry", "")),
     )
 
     t = _mapping(doc, "tests", data.get("tests"), TESTS_KEYS)
@@ -677,7 +724,12 @@ def load(path: str | Path) -> MatrixFile:
         memory=_memory(doc, "resources.memory", res.get("memory", "")) if res.get("memory") is not None else "",
         gpus=_number_text(doc, "resources.gpus", res.get("gpus", 0)),
         pids=_int(doc, "resources.pids", res.get("pids", 4096), minimum=MIN_PIDS),
+        shm=_memory(doc, "resources.shm", res["shm"]) if res.get("shm") is not None else "",
+        ipc=_choice(doc, "resources.ipc", res.get("ipc", ""), IPC_MODES),
+        gpu_type=_gpu_type(doc, "resources.gpu-type", res.get("gpu-type", "")),
     )
+    if resources.shm and "{" not in resources.shm + resources.ipc and resources.ipc == "host":
+        raise doc.error("resources.shm", SHM_WITH_HOST_IPC)
 
     report = _report(doc, data.get("report"), axes, include)
 
@@ -866,6 +918,68 @@ def _host_path_option(doc: _Doc, key: str, value: Any) -> str:
     if text not in ("auto", "none") and not Path(text).exists():
         raise doc.error(key, f"{text!r} does not exist on this host; give a path, 'auto' or 'none'")
     return text
+
+
+INSTALLERS = ("uv", "pip")
+# a distribution name as PEP 508 allows it (``torch``, ``jax-cuda12-plugin``)
+PACKAGE_NAME = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")
+
+
+def _wheelhouse(doc: _Doc, value: Any) -> tuple[str, ...]:
+    """image.wheelhouse: auto, none, a host folder of wheels, or a list of folders (pip's --find-links, each)."""
+    key = "image.wheelhouse"
+    if not isinstance(value, list):
+        return (_host_path_option(doc, key, value),)
+    if not value:
+        raise doc.error(key, "is an empty list; give folders of wheels, 'auto' or 'none'")
+    folders = []
+    for i, item in enumerate(value):
+        text = _plain(doc, f"{key}[{i}]", _str(doc, f"{key}[{i}]", item))
+        if text in ("auto", "none"):
+            raise doc.error(f"{key}[{i}]", f"'{text}' stands alone (wheelhouse: {text}); a list names folders only")
+        if not Path(text).is_dir():
+            what = "is not a folder" if Path(text).exists() else "does not exist on this host"
+            raise doc.error(f"{key}[{i}]", f"{text!r} {what}; give folders of wheels")
+        if text in folders:
+            raise doc.error(f"{key}[{i}]", f"{text!r} is listed twice; keep one")
+        folders.append(text)
+    return tuple(folders)
+
+
+def _cache_option(doc: _Doc, value: Any) -> str:
+    """image.cache: auto (a folder in matrix-run's private state folder on each node), none, or a host folder that
+    exists or can be made (its parent exists)."""
+    key = "image.cache"
+    if value is False or value is None:
+        return "none"
+    text = _plain(doc, key, _str(doc, key, value))
+    if text in ("auto", "none"):
+        return text
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise doc.error(key, f"{text!r} is not a folder; give a folder for the package cache, 'auto' or 'none'")
+    if not path.exists() and not path.absolute().parent.is_dir():
+        raise doc.error(key, f"{text!r} cannot be made: its parent folder does not exist; give a folder, auto or none")
+    return str(path.absolute())
+
+
+def _installer(doc: _Doc, value: Any) -> str:
+    text = _str(doc, "image.installer", value).strip()
+    if text not in INSTALLERS:
+        raise doc.error("image.installer", f"{text!r} is not an installer; write uv or pip")
+    return text
+
+
+def _heavy(doc: _Doc, value: Any) -> tuple[str, ...] | None:
+    """image.heavy: more package names whose pins go to the shared heavy layer (a list), or none (no heavy layer)."""
+    key = "image.heavy"
+    if value is False or value == "none":
+        return None
+    names = _str_list(doc, key, value)
+    for i, name in enumerate(names):
+        if not PACKAGE_NAME.match(name):
+            raise doc.error(f"{key}[{i}]", f"{name!r} is not a package name; write names such as torch or jaxlib")
+    return names
 
 
 def _matrix(

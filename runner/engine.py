@@ -6,11 +6,10 @@ This is the tenacity layer of DESIGN.md's "one retry layer per failure class": i
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
-
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.errors import EnvironmentProblem
 
@@ -41,13 +40,26 @@ def _transient(exc: BaseException) -> bool:
 
 
 def api_call(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a function that makes one Docker API call: retried 4 times on transient errors."""
-    return retry(
-        retry=retry_if_exception(_transient),
-        stop=stop_after_attempt(4),
-        wait=wait_exponential(multiplier=0.2, max=3),
-        reraise=True,
-    )(fn)
+    """Decorate a function that makes one Docker API call: retried 4 times on transient errors. tenacity is
+    imported at the first call, so the modules that decorate import without it (the host executor runs on
+    machines with neither Docker nor matrix-run's Docker-side packages)."""
+    retrying: Callable[..., T] | None = None
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> T:
+        nonlocal retrying
+        if retrying is None:
+            from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+            retrying = retry(
+                retry=retry_if_exception(_transient),
+                stop=stop_after_attempt(4),
+                wait=wait_exponential(multiplier=0.2, max=3),
+                reraise=True,
+            )(fn)
+        return retrying(*args, **kwargs)
+
+    return call
 
 
 def connect(timeout: int = 120) -> docker.DockerClient:

@@ -84,6 +84,8 @@ class ShardOutcome:
     gpu_ids: tuple[str, ...] = ()
     output_problem: str = ""  # an output file that was there but could not be trusted (a link, a FIFO, too big)
     setup_error: str = ""  # the cell's environment could not be made on this node (no interpreter, pip failed)
+    image_seconds: float = 0.0  # of ``duration``: making sure the cell's image was on the node (a build, if any)
+    image_built: bool = False  # the shard found the image missing and built it (holding its test slot)
 
 
 class Executor(Protocol):
@@ -107,3 +109,5 @@ class RunResults:
     image_check_seconds: float = 0.0  # the longest check of an image that was already there
     fail_fast_by: str = ""  # the cell whose confirmed failure cancelled the rest (strategy.fail-fast)
     cluster_lost: str = ""  # why the run lost its Ray cluster mid-run, when it did
+    # how each cell's image reached each node before its shards: cell, node, hostname, how, seconds, error
+    image_nodes: list[dict[str, object]] = field(default_factory=list)

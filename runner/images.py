@@ -8,9 +8,18 @@ base image's local id is not part of the tag (it does not exist before a first p
 not depend on what this host happened to hold): a dependency image records the base id it was built from in a
 label, and is rebuilt in place when the base present on the node has another id (a re-pulled ``python:3.11-slim``).
 
-A build is: [docker build of the user's Dockerfile] -> base -> one provisioning container (venv, pip install with
-the host CA bundle and wheelhouse mounted read-only) -> docker commit. Mounting instead of copying keeps
-multi-GB wheelhouses out of any build context.
+A build is: [docker build of the user's Dockerfile] -> base -> [heavy layer] -> one provisioning container (venv,
+install with the host CA bundle and wheelhouses mounted read-only, the node's package cache read-write) -> docker
+commit. Mounting instead of copying keeps multi-GB wheelhouses out of any build context.
+
+The heavy layer: a cell's pins of heavy packages (torch, tensorflow, jax, ... and ``image.heavy``) are installed
+first, in a layer of their own (``matrix-run/heavy:<hash>`` of the base, those pins, the installer and its options,
+the CA bundle and the wheelhouse listing), and the cell's other packages into the same venv on top. Cells that pin
+the same heavy packages and differ in small ones share that multi-GB layer on disk, and it is built once. An
+install list that holds a pip option (``--index-url ...``) is not split: options apply to the whole line.
+
+The installer (``image.installer``): uv (default; its binary, from matrix-run's own environment, is mounted
+read-only) or pip, both with the node's package cache (``image.cache``) mounted read-write.
 """
 
 from __future__ import annotations
@@ -20,14 +29,16 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner import engine
 from runner.errors import EnvironmentProblem
@@ -38,10 +49,12 @@ if TYPE_CHECKING:
     from runner.config import MatrixFile
     from runner.matrix import Cell
 
-RECIPE_VERSION = "4"  # how dependency images are made
+RECIPE_VERSION = "5"  # how dependency images are made (5: heavy layers, uv, the package cache)
 SOURCE_RECIPE = "4"  # how source layers are made (container_side/prepare.py)
 TEST_UID = 1000  # the unprivileged user shards run as (prepare.py adds it to the source layer)
 LABEL_BASE_ID = "matrix-run.base-id"  # on a dependency image: the id of the base image it was built from
+LABEL_HEAVY = "matrix-run.heavy"  # on a dependency image: the heavy layer it was built on
+HEAVY_REPO = "matrix-run/heavy"
 VENV = "/opt/matrix-run/venv"
 SOURCE_DIR = "/src"
 SOURCE_REPO = "matrix-run/src"
@@ -52,6 +65,68 @@ IMAGE_REPO = "matrix-run/env"
 DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
 PIP_CONFIGS = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf", "~/.pip/pip.conf")
 PATH_ENV = f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UV_IN_CONTAINER = "/mr/bin/uv"
+CACHE_IN_CONTAINER = "/mr/cache"
+WHEELS_IN_CONTAINER = "/mr/wheels"
+UV_UNUSABLE = 251  # provision.py's exit code when the uv executable does not run in the base image
+CACHE_DIR = "package-cache"  # image.cache: auto, in the node's private state folder
+
+# Packages whose installs are large (hundreds of MB to GBs, with what they pull in): a cell's pins of these go to
+# the shared heavy layer. Names as PEP 503 normalizes them; image.heavy adds more.
+HEAVY_PACKAGES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "torchaudio",
+        "triton",
+        "tensorflow",
+        "tensorflow-cpu",
+        "tensorflow-gpu",
+        "tf-nightly",
+        "jax",
+        "jaxlib",
+        "paddlepaddle",
+        "paddlepaddle-gpu",
+        "mxnet",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "cupy",
+        "xformers",
+        "tensorrt",
+    }
+)
+HEAVY_PREFIXES = ("nvidia-", "cupy-cuda", "jax-cuda")  # CUDA libraries as wheels, CUDA builds of cupy and jax
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def package_name(requirement: str) -> str | None:
+    """The PEP 503 name a requirement line asks for (``Torch==2.13.0+cpu`` -> ``torch``); None for a pip option, a
+    path, a URL or a file."""
+    m = _REQUIREMENT_NAME.match(requirement)
+    if requirement.lstrip().startswith("-") or m is None:
+        return None
+    rest = requirement[m.end() :].lstrip()
+    if rest and rest[0] not in "=<>!~[;@(,":
+        return None  # pkg/sub, git+https://..., a file name with spaces
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower()
+
+
+def is_heavy(name: str, more: tuple[str, ...] = ()) -> bool:
+    """Whether a (normalized) package name belongs in the heavy layer: a known heavy package or one of ``more``."""
+    extra = {re.sub(r"[-_.]+", "-", n).lower() for n in more}
+    return name in HEAVY_PACKAGES or name in extra or name.startswith(HEAVY_PREFIXES)
+
+
+def split_heavy(install: tuple[str, ...], more: tuple[str, ...] | None = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(heavy, light) of a cell's install list: the requirements of heavy packages, and the rest.
+
+    ``more`` is image.heavy (None: no heavy layer). A list with a pip option in it is not split (the option would
+    apply to one layer only), nor is one without a heavy requirement.
+    """
+    if more is None or any(item.lstrip().startswith("-") for item in install):
+        return (), install
+    heavy = tuple(r for r in install if (name := package_name(r)) is not None and is_heavy(name, more))
+    return heavy, tuple(r for r in install if r not in heavy)
 
 
 class BuildFailed(Exception):
@@ -80,14 +155,17 @@ class ImageSpec:
     pytest: str = "pytest"
     extra: tuple[str, ...] = ()  # what matrix-run itself needs inside: build backend, coverage
     ca_bundle: bytes | None = None
-    wheelhouse: str | None = None
+    wheelhouses: tuple[str, ...] = ()  # host folders; the tag holds their listing (wheelhouse_digest), not paths
     wheelhouse_digest: str = ""
+    installer: str = "uv"  # "uv" or "pip"
+    heavy_names: tuple[str, ...] | None = ()  # image.heavy: more heavy package names; None: no heavy layer
+    cache: str = "auto"  # image.cache: "auto", "none" or a host folder; where packages are kept, not what: no tag
 
     @property
     def digest(self) -> str:
         fields = asdict(self)
-        fields.pop("dockerfile_context")
-        fields.pop("wheelhouse")
+        for name in ("dockerfile_context", "wheelhouses", "cache"):
+            fields.pop(name)
         fields["ca_bundle"] = hashlib.sha256(self.ca_bundle).hexdigest() if self.ca_bundle else None
         fields["recipe"] = RECIPE_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -95,6 +173,39 @@ class ImageSpec:
     @property
     def tag(self) -> str:
         return f"{IMAGE_REPO}:{self.digest[:20]}"
+
+    @property
+    def wheelhouse(self) -> str | None:
+        """The first wheelhouse folder, for callers that take one (``wheelhouses`` has them all)."""
+        return self.wheelhouses[0] if self.wheelhouses else None
+
+    @property
+    def heavy(self) -> tuple[str, ...]:
+        """The cell's requirements that go to its heavy layer (empty: the image is one layer over its base)."""
+        return split_heavy(self.install, self.heavy_names)[0]
+
+    @property
+    def heavy_tag(self) -> str:
+        """The heavy layer's tag: a hash of what it is made of (base, heavy pins, installer, options, CA bundle,
+        wheelhouse listing, recipe), so every cell with the same heavy pins on the same base names the same layer;
+        "" when the cell has none."""
+        heavy = self.heavy
+        if not heavy:
+            return ""
+        fields = {
+            "layer": "heavy",
+            "base": self.base,
+            "bootstrap": self.bootstrap,
+            "dockerfile_text": self.dockerfile_text,
+            "build_args": list(self.build_args),
+            "heavy": sorted(heavy),
+            "pip_args": list(self.pip_args),
+            "installer": self.installer,
+            "ca_bundle": hashlib.sha256(self.ca_bundle).hexdigest() if self.ca_bundle else None,
+            "wheelhouse_digest": self.wheelhouse_digest,
+            "recipe": RECIPE_VERSION,
+        }
+        return f"{HEAVY_REPO}:{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]}"
 
 
 # ---------------------------------------------------------------------------------------------------- host facts
@@ -139,8 +250,17 @@ def find_ca_bundle(option: str) -> bytes | None:
     return None
 
 
+def find_wheelhouses(option: tuple[str, ...] | str) -> tuple[str, ...]:
+    """image.wheelhouse -> host folders of wheels for --find-links: the folders given, or ``auto``'s one, or none."""
+    options = (option,) if isinstance(option, str) else option
+    if options in (("auto",), ("none",)):
+        found = find_wheelhouse(options[0])
+        return (found,) if found else ()
+    return tuple(dict.fromkeys(str(Path(folder).resolve()) for folder in options))
+
+
 def find_wheelhouse(option: str) -> str | None:
-    """A host folder of wheels for pip's --find-links: explicit, or auto-detected from pip's own settings."""
+    """A host folder of wheels for --find-links: explicit, or auto-detected from pip's own settings."""
     if option == "none":
         return None
     if option != "auto":
@@ -158,10 +278,15 @@ def find_wheelhouse(option: str) -> str | None:
     return None
 
 
-def _wheelhouse_digest(path: str | None) -> str:
-    if not path:
+def _wheelhouse_digest(paths: tuple[str, ...] | str | None) -> str:
+    """A hash of the wheelhouses' listings (file names and sizes), in order: a wheel added or replaced rebuilds."""
+    folders = (paths,) if isinstance(paths, str) else paths or ()
+    if not folders:
         return ""
-    entries = sorted(f"{p.name}:{p.stat().st_size}" for p in Path(path).iterdir() if p.is_file())
+    entries: list[str] = []
+    for folder in folders:
+        entries.append("--")  # where one folder's listing ends: pip and uv look in them in order
+        entries += sorted(f"{p.name}:{p.stat().st_size}" for p in Path(folder).iterdir() if p.is_file())
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
@@ -194,8 +319,8 @@ def build_requires(project: Path) -> tuple[str, ...]:
 def specs_for(mf: MatrixFile, cells: list[Cell], client: docker.DockerClient | None = None) -> dict[str, ImageSpec]:
     """cell id -> ImageSpec. Host facts (CA bundle, wheelhouse, base ids) are read once for all cells."""
     ca = find_ca_bundle(mf.image.ca_bundle)
-    wheelhouse = find_wheelhouse(mf.image.wheelhouse)
-    wh_digest = _wheelhouse_digest(wheelhouse)
+    wheelhouses = find_wheelhouses(mf.image.wheelhouse)
+    wh_digest = _wheelhouse_digest(wheelhouses)
     dockerfile_text = mf.image.dockerfile.read_text(encoding="utf-8") if mf.image.dockerfile else None
     extra: tuple[str, ...] = build_requires(mf.project) if mf.tests.install_project else ()
     if mf.coverage.enabled:
@@ -213,8 +338,11 @@ def specs_for(mf: MatrixFile, cells: list[Cell], client: docker.DockerClient | N
             pytest=mf.image.pytest,
             extra=extra,
             ca_bundle=ca,
-            wheelhouse=wheelhouse,
+            wheelhouses=wheelhouses,
             wheelhouse_digest=wh_digest,
+            installer=mf.image.installer,
+            heavy_names=mf.image.heavy,
+            cache=mf.image.cache,
         )
     return out
 
@@ -411,10 +539,55 @@ def ensure(
         if _current(client, spec):
             return tag, False
         base = ensure_base(client, spec, log, step)
-        count = len([spec.pytest, *spec.extra, *spec.install])
-        step(f"installing {count} package{'s' if count != 1 else ''}")
-        _provision(client, spec, base, tag, log, labels or {}, local_image_id(client, base) or "")
+        base_id = local_image_id(client, base) or ""
+        below, heavy_tag = base, ""
+        if spec.heavy:
+            heavy_tag, _ = ensure_heavy(client, spec, base, base_id, log, labels, step)
+            below = heavy_tag
+        light = [spec.pytest, *spec.extra, *(r for r in spec.install if r not in spec.heavy)]
+        step(f"installing {len(light)} package{'s' if len(light) != 1 else ''}")
+        # the heavy pins again: already satisfied, they keep the cell's packages from moving them (or fail as one
+        # install of the whole list would)
+        requirements = [spec.pytest, *spec.extra, *spec.install]
+        _provision(client, spec, below, tag, log, labels or {}, base_id, requirements, create=not heavy_tag)
         return tag, True
+
+
+def ensure_heavy(
+    client: docker.DockerClient,
+    spec: ImageSpec,
+    base: str,
+    base_id: str,
+    log: Path | None = None,
+    labels: dict[str, str] | None = None,
+    step: Step = _no_step,
+) -> tuple[str, bool]:
+    """The spec's heavy layer (venv + its heavy pins over the base), present locally: (tag, built).
+
+    One builder per layer on this node: a cell that needs a layer another cell is building waits for it, then
+    builds its own small layer on top.
+    """
+    tag = spec.heavy_tag
+    if _heavy_current(client, tag, base_id):
+        return tag, False
+    with _lock(tag):
+        if _heavy_current(client, tag, base_id):
+            return tag, False
+        step(f"installing the heavy layer ({', '.join(spec.heavy)}), shared by cells with the same pins")
+        _provision(client, spec, base, tag, log, labels or {}, base_id, list(spec.heavy), role="heavy")
+        return tag, True
+
+
+def _heavy_current(client: docker.DockerClient, tag: str, base_id: str) -> bool:
+    """The heavy layer is here, built from the base this node holds now (or holds no longer)."""
+    import docker.errors
+
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    built_from = str((image.attrs.get("Config") or {}).get("Labels", {}).get(LABEL_BASE_ID) or "")
+    return not built_from or not base_id or built_from == base_id
 
 
 def _current(client: docker.DockerClient, spec: ImageSpec) -> bool:
@@ -547,53 +720,222 @@ def _prune_source_layers(client: docker.DockerClient, env_tag: str, keep: str) -
             client.images.remove(old.id, noprune=False)
 
 
+def uv_binary() -> str | None:
+    """The uv executable of matrix-run's own environment (the ``uv`` wheel from PyPI), else one on PATH."""
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside.resolve())
+    try:
+        import uv  # type: ignore[import-not-found,unused-ignore]
+
+        return str(Path(uv.find_uv_bin()).resolve())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        return str(Path(found).resolve()) if found else None
+
+
+def cache_folder(option: str) -> Path | None:
+    """image.cache on this node: ``auto`` is a folder of matrix-run's private state folder; None for ``none``.
+
+    pip keeps what it downloads and builds there (not wheels it installs from a wheelhouse, which are local
+    already); uv keeps every wheel unpacked, a wheelhouse's too, so a second image of the same packages copies
+    files instead of unzipping. Shared by every build on the node; where a cache is is never part of a tag.
+    """
+    from runner import workspace
+
+    if option == "none":
+        return None
+    if option == "auto":
+        return workspace.subdir(CACHE_DIR)
+    path = Path(option)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """One cell image on this node, as ``docker image inspect`` has it."""
+
+    tag: str
+    cells: tuple[str, ...]
+    size: int  # bytes of the whole image, its base included (what `docker images` lists)
+    own: int  # bytes of its own layers: above its heavy layer, else above its base
+    heavy: str = ""  # the heavy layer it is built on ("" when none)
+
+
+@dataclass(frozen=True)
+class ImagesDisk:
+    """What a run's cell images hold on this node's disk: each once, and all of them together."""
+
+    images: tuple[ImageSize, ...]
+    disk: int  # bytes they hold together: every layer once (shared heavy layers and bases once)
+    sizes: int  # their sizes added up: what they would hold if they shared no layer
+    heavy_layers: int  # distinct heavy layers they are built on
+
+
+def _layer_chain(client: docker.DockerClient, ref: str, nodes: dict[tuple[str, ...], int]) -> dict[str, Any]:
+    """Inspect ``ref`` and every image it was built from (docker's Parent; matrix-run's heavy and base labels),
+    recording each one's layer list -> size in ``nodes``. The inspected attributes of ``ref``; {} when absent."""
+    import docker.errors
+
+    first: dict[str, Any] = {}
+    todo, seen = [ref], set()
+    while todo:
+        name = todo.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        try:
+            attrs = client.images.get(name).attrs
+        except docker.errors.ImageNotFound:
+            continue
+        first = first or attrs
+        layers = tuple((attrs.get("RootFS") or {}).get("Layers") or ())
+        nodes[layers] = int(attrs.get("Size") or 0)
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        todo += [str(attrs.get("Parent") or ""), str(labels.get(LABEL_HEAVY, "")), str(labels.get(LABEL_BASE_ID, ""))]
+    return first
+
+
+def _below(layers: tuple[str, ...], nodes: dict[tuple[str, ...], int]) -> tuple[str, ...] | None:
+    """The longest layer list in ``nodes`` that ``layers`` is built on (a proper prefix), if any."""
+    best: tuple[str, ...] | None = None
+    for other in nodes:
+        if len(other) < len(layers) and layers[: len(other)] == other and (best is None or len(other) > len(best)):
+            best = other
+    return best
+
+
+def disk_usage(client: docker.DockerClient, cells_by_tag: dict[str, list[str]]) -> ImagesDisk:
+    """Sizes of the cell images (tag -> the cells it serves) and the disk they hold together on this node.
+
+    Docker stores a layer once, however many images use it, and sizes an image by all its layers. Each image
+    below is recorded with the images it was built from (its heavy layer, its base), as lists of layer ids; a
+    list's own bytes are its size less that of the longest list it extends, and the disk held together is the sum
+    of the own bytes of every distinct list: each layer once. (A layer shared only through an ancestor that is no
+    local image, two pulled bases built on one untagged parent, would count twice.)
+    """
+    nodes: dict[tuple[str, ...], int] = {}
+    found: list[tuple[str, tuple[str, ...], tuple[str, ...], int, str]] = []
+    for tag, cells in cells_by_tag.items():
+        attrs = _layer_chain(client, tag, nodes)
+        if not attrs:
+            continue
+        layers = tuple((attrs.get("RootFS") or {}).get("Layers") or ())
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        found.append((tag, tuple(cells), layers, int(attrs.get("Size") or 0), str(labels.get(LABEL_HEAVY, ""))))
+    own = {}
+    for layers, size in nodes.items():
+        below = _below(layers, nodes)
+        own[layers] = max(0, size - nodes[below]) if below is not None else size
+    return ImagesDisk(
+        images=tuple(ImageSize(tag, cells, size, own[layers], heavy) for tag, cells, layers, size, heavy in found),
+        disk=sum(own.values()),
+        sizes=sum(size for _, _, _, size, _ in found),
+        heavy_layers=len({heavy for *_, heavy in found if heavy}),
+    )
+
+
+def measure_disk(image_of_cell: dict[str, str]) -> ImagesDisk | None:
+    """``disk_usage`` of a run's cell images (cell id -> image tag) on this node's engine; None when the run has
+    none here, or the engine cannot say (never an error of the run)."""
+    by_tag: dict[str, list[str]] = {}
+    for cell_id, tag in image_of_cell.items():
+        if tag:
+            by_tag.setdefault(tag, []).append(cell_id)
+    if not by_tag:
+        return None
+    try:
+        return disk_usage(engine.connect(timeout=30), by_tag)
+    except Exception:  # a report of sizes is no reason to fail a run
+        return None
+
+
 def _provision(
     client: docker.DockerClient,
     spec: ImageSpec,
-    base: str,
+    below: str,
     tag: str,
     log: Path | None,
     labels: dict[str, str],
     base_id: str = "",
+    requirements: list[str] | None = None,
+    create: bool = True,
+    role: str = "env",
 ) -> None:
-
+    """One provisioning container over ``below`` (the base, or the heavy layer when not ``create``), committed as
+    ``tag``: the venv made (``create``) and ``requirements`` installed into it."""
     with tempfile.TemporaryDirectory(prefix="matrix-run-provision-") as tmp:
         work = Path(tmp)
-        request = {
+        wheels = [w for w in spec.wheelhouses if Path(w).is_dir()]  # another node may lack one: skipped there
+        request: dict[str, object] = {
             "venv": VENV,
+            "installer": spec.installer,
+            "uv": UV_IN_CONTAINER,
+            "create": create,
             "pip_args": list(spec.pip_args),
-            "requirements": [spec.pytest, *spec.extra, *spec.install],
+            "find_links": [f"{WHEELS_IN_CONTAINER}/{i}" for i in range(len(wheels))],
+            "requirements": requirements if requirements is not None else [spec.pytest, *spec.extra, *spec.install],
         }
         (work / "provision.json").write_text(json.dumps(request))
         volumes = {
             str(work): {"bind": "/mr/in", "mode": "ro"},
             str(SIDE_DIR): {"bind": "/mr/side", "mode": "ro"},
         }
-        environment = {"PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+        for i, folder in enumerate(wheels):
+            volumes[folder] = {"bind": f"{WHEELS_IN_CONTAINER}/{i}", "mode": "ro"}
+        environment = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+        if spec.installer == "uv":
+            uv = uv_binary()
+            if uv is None:
+                raise BuildFailed(
+                    "image.installer is uv, but matrix-run's environment on this node has no uv executable: "
+                    "pip install uv there, or set image.installer: pip"
+                )
+            volumes[uv] = {"bind": UV_IN_CONTAINER, "mode": "ro"}
+            # copies, not links: the cache is another file system; no Python downloads, no progress bars in logs
+            environment.update(UV_LINK_MODE="copy", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
+        try:
+            cache = cache_folder(spec.cache)
+        except OSError as exc:
+            cache = None
+            _write_log(log, f"matrix-run: image.cache {spec.cache!r} cannot be used here ({exc}); building without\n")
+        if cache is not None:
+            volumes[str(cache)] = {"bind": CACHE_IN_CONTAINER, "mode": "rw"}
+            environment.update(PIP_CACHE_DIR=f"{CACHE_IN_CONTAINER}/pip", UV_CACHE_DIR=f"{CACHE_IN_CONTAINER}/uv")
+        else:
+            environment.update(PIP_NO_CACHE_DIR="1", UV_NO_CACHE="1")
         if spec.ca_bundle:
             (work / "ca.crt").write_bytes(spec.ca_bundle)
-            environment["PIP_CERT"] = "/mr/in/ca.crt"
-        if spec.wheelhouse and Path(spec.wheelhouse).is_dir():
-            volumes[spec.wheelhouse] = {"bind": "/mr/wheels", "mode": "ro"}
-            environment["PIP_FIND_LINKS"] = "/mr/wheels"
+            environment.update(PIP_CERT="/mr/in/ca.crt", SSL_CERT_FILE="/mr/in/ca.crt")
+        changes = [
+            f"ENV {PATH_ENV}",
+            f"ENV VIRTUAL_ENV={VENV}",
+            f"LABEL {engine.LABEL_ROLE}={role}",
+            f"LABEL {LABEL_BASE_ID}={base_id}",
+        ]
+        if not create:
+            changes.append(f"LABEL {LABEL_HEAVY}={below}")
         code, tail = _run_and_commit(
             client,
-            base,
+            below,
             ["python3", "/mr/side/provision.py", "/mr/in/provision.json"],
             volumes,
             environment,
             labels,
             tag,
-            [
-                f"ENV {PATH_ENV}",
-                f"ENV VIRTUAL_ENV={VENV}",
-                f"LABEL {engine.LABEL_ROLE}=env",
-                f"LABEL {LABEL_BASE_ID}={base_id}",
-            ],
+            changes,
             log,
         )
+        what = "the heavy layer's packages" if role == "heavy" else "the cell's dependencies"
+        if code == UV_UNUSABLE:
+            raise BuildFailed(
+                f"installing {what} failed: uv does not run in the base image {spec.base} (a musl or old-glibc "
+                "base?); set image.installer: pip",
+                tail,
+            )
         if code != 0:
-            raise BuildFailed(f"installing the cell's dependencies failed (exit {code})", tail)
+            raise BuildFailed(f"installing {what} failed (exit {code})", tail)
 
 
 def _run_and_commit(
@@ -656,3 +998,9 @@ def _create(
         labels={**labels, engine.LABEL_ROLE: "provision"},
         detach=True,
     )
+
+
+def base_ref(spec: ImageSpec) -> str:
+    """The image a cell's dependency image is built on, as the node that built it tags it (a Dockerfile's build
+    is tagged by the spec's digest: only the coordinator can build it, other nodes get it shipped)."""
+    return f"matrix-run/base:{spec.digest[:20]}" if spec.dockerfile_text is not None else spec.base

@@ -15,7 +15,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from runner.config import DEFAULT_BASE, EXECUTORS, SAFE_VALUE, MatrixFile, one_line, parse_memory
+from runner.config import (
+    DEFAULT_BASE,
+    EXECUTORS,
+    IPC_MODES,
+    SAFE_VALUE,
+    SHM_WITH_HOST_IPC,
+    MatrixFile,
+    one_line,
+    parse_memory,
+)
 from runner.errors import UserError
 
 TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
@@ -29,6 +38,9 @@ class Resources:
     memory: int | None = None  # bytes
     gpus: float = 0.0
     pids: int = 4096  # the container's pids limit
+    shm: int | None = None  # bytes of the container's /dev/shm; None = Docker's default (64 MiB)
+    ipc: str = ""  # the container's IPC mode: "private", "shareable", "host"; "" = the engine's default
+    gpu_type: str = ""  # the accelerator type the shard's GPUs must be (Ray's accelerator_type); "" = any
 
 
 @dataclass(frozen=True)
@@ -167,14 +179,62 @@ def _number(mf: MatrixFile, key: str, text: str) -> float:
     return value
 
 
-def build_cell(mf: MatrixFile, values: dict[str, str], cid: str) -> Cell:
-    """Resolve every template of the matrix file for one combination."""
-    img, tests, res = mf.image, mf.tests, mf.resources
-    memory_text = _render(mf, "resources.memory", res.memory, values, cid)
+MIN_SHM = 1024**2
+
+
+def _resources(mf: MatrixFile, values: dict[str, str], cid: str) -> Resources:
+    """``resources``, each value rendered for the cell (``gpus: "{gpus}"``, ``gpu-type: "{gpu}"``) and checked."""
+    res = mf.resources
+
+    def render(key: str, template: str) -> str:
+        return _render(mf, f"resources.{key}", template, values, cid).strip() if template else ""
+
+    memory_text = render("memory", res.memory)
     try:
         memory = parse_memory(memory_text)
     except ValueError:
         raise mf.error("resources.memory", f"{memory_text!r} is not a memory size; write e.g. '2g'") from None
+    shm_text = render("shm", res.shm)
+    try:
+        shm = parse_memory(shm_text)
+    except ValueError:
+        raise mf.error("resources.shm", f"cell {cid}: {shm_text!r} is not a size; write e.g. '2g' or '512m'") from None
+    if shm is not None and shm < MIN_SHM:
+        raise mf.error("resources.shm", f"cell {cid}: {shm_text!r} is below 1m; write e.g. '2g' or '512m'")
+    ipc = render("ipc", res.ipc)
+    if ipc and ipc not in IPC_MODES:
+        raise mf.error("resources.ipc", f"cell {cid}: {ipc!r} is not one of {', '.join(IPC_MODES)}")
+    if shm is not None and ipc == "host":
+        raise mf.error("resources.shm", f"cell {cid}: {SHM_WITH_HOST_IPC}")
+    gpus = _number(mf, "resources.gpus", render("gpus", res.gpus))
+    gpu_type = render("gpu-type", res.gpu_type)
+    if gpu_type == "any":
+        gpu_type = ""
+    if gpu_type and not SAFE_VALUE.match(gpu_type):
+        raise mf.error(
+            "resources.gpu-type", f"cell {cid}: {gpu_type!r} is not a GPU type; write e.g. H100, A10G or A100-80G"
+        )
+    if gpu_type and not gpus:
+        raise mf.error(
+            "resources.gpu-type",
+            f"cell {cid} asks for GPU type {gpu_type!r} but for no GPU (resources.gpus is 0); "
+            "give it GPUs, or gpu-type 'any' for cells without",
+        )
+    return Resources(
+        cpus=_number(mf, "resources.cpus", render("cpus", res.cpus)),
+        memory=memory,
+        gpus=gpus,
+        pids=res.pids,
+        shm=shm,
+        ipc=ipc,
+        gpu_type=gpu_type,
+    )
+
+
+def build_cell(mf: MatrixFile, values: dict[str, str], cid: str) -> Cell:
+    """Resolve every template of the matrix file for one combination."""
+    img, tests = mf.image, mf.tests
+    resources = _resources(mf, values, cid)
     base = _render(mf, "image.base", img.base, values, cid)
     # an include entry that sets `executor: host` is enough; the top-level key templates it otherwise
     executor = _render(mf, "executor", mf.executor, values, cid) if mf.executor else values.get("executor", "docker")
@@ -200,12 +260,7 @@ def build_cell(mf: MatrixFile, values: dict[str, str], cid: str) -> Cell:
         command=tuple(_render(mf, f"tests.command[{i}]", s, values, cid) for i, s in enumerate(tests.command))
         + tuple(_render(mf, f"tests.args[{i}]", s, values, cid) for i, s in enumerate(tests.args)),
         env=tuple((k, _render(mf, f"tests.env.{k}", v, values, cid)) for k, v in tests.env),
-        resources=Resources(
-            cpus=_number(mf, "resources.cpus", _render(mf, "resources.cpus", res.cpus, values, cid)),
-            memory=memory,
-            gpus=_number(mf, "resources.gpus", _render(mf, "resources.gpus", res.gpus, values, cid)),
-            pids=res.pids,
-        ),
+        resources=resources,
     )
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from runner import coverage_merge, github, junit, report_page, summary
+from runner import coverage_merge, github, images, junit, report_page, summary
 from runner.config import MatrixFile
 from runner.errors import ExitCode
 from runner.execution import RunResults
@@ -36,8 +36,9 @@ def write_all(
     """Every report of the run, then what the terminal and GitHub are told."""
     junit.write_merged(results.cells, out / "junit.xml", mf.name)
     covered = merge_coverage(mf, results, out) if mf.coverage.enabled else None
-    summary.write_results_json(results, out / "results.json", mf.name, status, code, covered)
-    summary.write_summary_md(results, out / "summary.md", mf.name, status, covered)
+    disk = images.measure_disk({c.cell_id: c.image for c in results.cells})  # sizes on this node's engine
+    summary.write_results_json(results, out / "results.json", mf.name, status, code, covered, disk)
+    summary.write_summary_md(results, out / "summary.md", mf.name, status, covered, disk)
     report_page.write(out / "report.html", results, mf, status, covered, history, scope)
     summary.print_table(results, status)
     print(f"reports: {out}/junit.xml, results.json, summary.md, report.html")

@@ -11,11 +11,13 @@ from pathlib import Path
 from runner.coverage_merge import HTML_DIR, XML_NAME, CoverageSummary
 from runner.errors import ExitCode
 from runner.execution import RunResults
+from runner.images import ImagesDisk
 from runner.results import BAD, Case, CellResult, Status, TestHistory
 
 # results.json's contract (runner/results.schema.json). 2: JUnit built from the plugin's records, shard attempts'
 # "session", the run's "fail_fast_by" and "cluster_lost"; within 2 (fields added, none changed): cells' "quarantined"
-# and "quarantined_tests"
+# and "quarantined_tests"; the run's "image_nodes", shard attempts' "image_seconds" and "image_built"; the images'
+# "disk_bytes", "size_sum_bytes", "heavy_layers" and "cell_images" (their sizes on the coordinator's node)
 SCHEMA_VERSION = 2
 
 
@@ -87,6 +89,8 @@ def cell_record(cell: CellResult) -> dict[str, object]:
                 "node": a.outcome.node,
                 "node_id": a.outcome.node_id,
                 "gpu_ids": list(a.outcome.gpu_ids),
+                "image_seconds": round(a.outcome.image_seconds, 3),  # of duration: the cell image on the node
+                "image_built": a.outcome.image_built,  # the shard had to build it, holding its slot
                 "exit_code": a.outcome.exit_code,
             }
             for a in cell.attempts
@@ -118,8 +122,10 @@ def write_results_json(
     status: str,
     code: ExitCode,
     coverage: CoverageSummary | None = None,
+    disk: ImagesDisk | None = None,
 ) -> None:
-    data = {
+    """results.json; ``disk``: the sizes of the cell images on this node (images.measure_disk), when known."""
+    data: dict[str, object] = {
         "schema": SCHEMA_VERSION,
         "name": name,
         "run_id": results.run_id,
@@ -129,6 +135,7 @@ def write_results_json(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "fail_fast_by": results.fail_fast_by,
         "cluster_lost": results.cluster_lost,
+        "image_nodes": results.image_nodes,
         "images": {
             "built": results.images_built,
             "reused": results.images_reused,
@@ -136,6 +143,8 @@ def write_results_json(
         },
         "cells": [cell_record(c) for c in results.cells],
     }
+    if disk is not None:
+        data["images"] = {**data["images"], **images_disk_record(disk)}  # type: ignore[dict-item]
     if coverage is not None:
         data["coverage"] = {
             "percent": coverage.percent,
@@ -147,6 +156,39 @@ def write_results_json(
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
     tmp.replace(path)
+
+
+def images_disk_record(disk: ImagesDisk) -> dict[str, object]:
+    """The images section's sizes: each cell image, and the disk all of them hold together (layers once)."""
+    return {
+        "disk_bytes": disk.disk,
+        "size_sum_bytes": disk.sizes,
+        "heavy_layers": disk.heavy_layers,
+        "cell_images": [
+            {"tag": i.tag, "cells": list(i.cells), "size_bytes": i.size, "own_bytes": i.own, "heavy": i.heavy}
+            for i in disk.images
+        ],
+    }
+
+
+def _gb(size: int) -> str:
+    """Bytes as Docker prints them (decimal units): 1.4 GB, 320 MB."""
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
+def images_line(disk: ImagesDisk | None) -> str:
+    """One line for summary.md: how much disk the matrix's images take together, against their sizes added up."""
+    if disk is None or not disk.images:
+        return ""
+    count = len(disk.images)
+    layers = disk.heavy_layers
+    shared = f", built on {layers} heavy layer{'s' if layers != 1 else ''}" if layers else ""
+    if count == 1:
+        return f"Images: 1 cell image holds {_gb(disk.disk)} on disk (its base included){shared}"
+    return (
+        f"Images: {count} cell images hold {_gb(disk.disk)} on disk together (every layer once, bases included; "
+        f"their sizes add up to {_gb(disk.sizes)}){shared}"
+    )
 
 
 ICON = {
@@ -295,6 +337,7 @@ def summary_markdown(
     status: str,
     coverage: CoverageSummary | None = None,
     limit: int | None = None,
+    disk: ImagesDisk | None = None,
 ) -> str:
     """summary.md: the status line, the run's notes, the table of cells, then each cell that did not pass with its
     reason and its failed and flaky tests (the first lines of each failure).
@@ -310,6 +353,8 @@ def summary_markdown(
         head.append("")
     if coverage is not None:
         head += [_coverage_line(coverage), ""]
+    if images_line(disk):
+        head += [images_line(disk), ""]
     held = any(h.quarantined for cell in results.cells for h in cell.tests.values())  # a quarantined column
     extra, extra_rule = (" quarantined |", "---:|") if held else ("", "")
     table = [
@@ -392,9 +437,14 @@ def summary_markdown(
 
 
 def write_summary_md(
-    results: RunResults, path: Path, name: str, status: str, coverage: CoverageSummary | None = None
+    results: RunResults,
+    path: Path,
+    name: str,
+    status: str,
+    coverage: CoverageSummary | None = None,
+    disk: ImagesDisk | None = None,
 ) -> None:
-    path.write_text(summary_markdown(results, name, status, coverage), encoding="utf-8")
+    path.write_text(summary_markdown(results, name, status, coverage, disk=disk), encoding="utf-8")
 
 
 def print_table(results: RunResults, status: str) -> None:

@@ -68,19 +68,41 @@ def container_user(req: ShardRequest) -> str | None:
 
 
 def gpu_mode() -> str:
-    """How Ray's GPU ids reach a container: ``device-request`` (Docker's --gpus, the default) or ``nvidia-env``
-    (NVIDIA_VISIBLE_DEVICES for hosts whose default runtime is nvidia-container-runtime). Set on the nodes
-    with MATRIX_RUN_GPU_MODE."""
+    """How Ray's GPU ids reach a container: ``device-request`` (Docker's --gpus, the default: the engine's NVIDIA
+    device driver, checked before a node's first GPU shard) or ``nvidia-env`` (NVIDIA_VISIBLE_DEVICES for hosts
+    whose default runtime is nvidia-container-runtime; not checked). Set on the nodes with MATRIX_RUN_GPU_MODE."""
     mode = os.environ.get("MATRIX_RUN_GPU_MODE", "device-request")
     return mode if mode in ("device-request", "nvidia-env") else "device-request"
 
 
+def ordered_gpus(gpu_ids: tuple[str, ...]) -> tuple[str, ...]:
+    """Ray's GPU ids in the order the container numbers its devices: by index (NVML's, PCI bus order), so that
+    ``MATRIX_RUN_GPU_IDS``'s k-th id is ``cuda:k`` inside. Ids that are not indices (UUIDs) keep Ray's order."""
+    return tuple(sorted(gpu_ids, key=int)) if all(g.isdigit() for g in gpu_ids) else tuple(gpu_ids)
+
+
+def gpu_environment(gpu_ids: tuple[str, ...], user_env: dict[str, str]) -> dict[str, str]:
+    """What a container's processes are told about its GPUs. It sees only the devices of its device request,
+    numbered from 0, so CUDA_VISIBLE_DEVICES counts 0..n-1: Ray's own CUDA_VISIBLE_DEVICES (host ids, set in its
+    worker) would name devices the container does not have, and never reaches it. MATRIX_RUN_GPU_IDS keeps the
+    host ids for the record. A shard without GPUs gets NVIDIA_VISIBLE_DEVICES=void: none, even where the engine's
+    default runtime is NVIDIA's and the image says ``all`` (CUDA base images do)."""
+    if not gpu_ids:
+        return {"NVIDIA_VISIBLE_DEVICES": "void"}
+    env = {
+        "MATRIX_RUN_GPU_IDS": ",".join(gpu_ids),
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(gpu_ids))),
+        "CUDA_DEVICE_ORDER": user_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),  # as NVML and Docker number them
+    }
+    if gpu_mode() == "nvidia-env":
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    # device-request: dockerd's NVIDIA driver sets NVIDIA_VISIBLE_DEVICES from the request's ids itself
+    return env
+
+
 def _environment(req: ShardRequest, gpu_ids: tuple[str, ...] = ()) -> dict[str, str]:
     env = dict(req.env)
-    if gpu_ids:
-        env["MATRIX_RUN_GPU_IDS"] = ",".join(gpu_ids)  # host ids, as Ray assigned them
-        if gpu_mode() == "nvidia-env":
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    env.update(gpu_environment(gpu_ids, env))
     env.update(
         {
             "MATRIX_RUN": "1",
@@ -115,7 +137,11 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
     if req.resources.cpus:
         kwargs["nano_cpus"] = int(req.resources.cpus * 1e9)
     if gpu_ids and gpu_mode() == "device-request":
-        kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(gpu_ids), capabilities=[["gpu"]])]
+        kwargs["device_requests"] = [_device_request(gpu_ids)]
+    if req.resources.shm:
+        kwargs["shm_size"] = req.resources.shm
+    if req.resources.ipc:
+        kwargs["ipc_mode"] = req.resources.ipc
     return client.containers.create(
         tag,
         command=["python", f"{SIDE}/entry.py", f"{OUT}/request.json"],
@@ -139,6 +165,82 @@ def _create(client: docker.DockerClient, req: ShardRequest, tag: str, work: Path
     )
 
 
+def _device_request(gpu_ids: tuple[str, ...]) -> Any:
+    """Exactly these GPUs, by id (``docker run --gpus '"device=2,3"'``)."""
+    import docker.types
+
+    return docker.types.DeviceRequest(device_ids=list(gpu_ids), capabilities=[["gpu"]])
+
+
+NO_GPU_DRIVER = 'could not select device driver ""'  # Docker's answer when it has no NVIDIA device driver
+GPU_CHECK_TTL = 300.0  # seconds a "cannot pass GPUs" answer is kept: a node fixed meanwhile is asked again
+_gpu_answers: dict[str, tuple[str, float]] = {}  # engine address -> (why it cannot pass GPUs or "", asked when)
+
+
+class CannotPassGpus(Exception):
+    """This node's Docker engine cannot give a container GPUs: the shard's infra error, naming the node."""
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def gpu_problem(client: docker.DockerClient, tag: str, gpu_ids: tuple[str, ...], req: ShardRequest) -> str:
+    """Why this node's engine cannot pass GPUs to a container ("" when it can). Docker itself is asked, once per
+    engine and node process: a tiny container of ``tag`` with a device request for ``gpu_ids`` is started. Docker
+    starts it only when a device driver took the request (the NVIDIA one registers itself when dockerd finds
+    nvidia-container-runtime-hook on its PATH) and that driver's prestart hook succeeded."""
+    where = engine_address()
+    known = _gpu_answers.get(where)
+    if known is not None and (not known[0] or time.monotonic() - known[1] < GPU_CHECK_TTL):
+        return known[0]
+    answer, definite = _ask_for_gpus(client, tag, gpu_ids, req, where)
+    if definite:
+        _gpu_answers[where] = (answer, time.monotonic())
+    return answer
+
+
+def _ask_for_gpus(
+    client: docker.DockerClient, tag: str, gpu_ids: tuple[str, ...], req: ShardRequest, where: str
+) -> tuple[str, bool]:
+    """(why not or "", whether that answer holds for every GPU of the engine)."""
+    import docker.errors
+
+    node = socket.gethostname()
+    labels = {**labels_for(req), engine.LABEL_ROLE: "gpu-check"}
+    probe = client.containers.create(
+        tag,
+        entrypoint=["python", "-c", "pass"],
+        command=[],
+        labels=labels,
+        network_mode="none",
+        user=container_user(req) or "0:0",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        device_requests=[_device_request(gpu_ids)],
+    )
+    try:
+        probe.start()
+        with contextlib.suppress(Exception):
+            probe.wait(timeout=60)
+        return "", True
+    except docker.errors.APIError as exc:
+        said = str(exc.explanation or exc).strip().splitlines()[0][:300] if str(exc.explanation or exc) else ""
+        if NO_GPU_DRIVER in said:
+            return (
+                f"Docker on node {node} ({where}) cannot pass GPUs: no NVIDIA container runtime or CDI spec "
+                f"(the engine says: {said}); install nvidia-container-toolkit there and restart dockerd, "
+                "or run GPU cells there with executor: host",
+                True,
+            )
+        return (
+            f"Docker on node {node} ({where}) could not start a container with GPU(s) {','.join(gpu_ids)}: {said}",
+            False,
+        )
+    finally:
+        _remove(probe)
+
+
 class DockerExecutor:
     """The default executor: each attempt in a fresh container of the cell's image (built on this node if missing)."""
 
@@ -155,6 +257,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
 
     started = time.monotonic()
     node = socket.gethostname()
+    gpu_ids = ordered_gpus(tuple(gpu_ids))
     # this attempt's private folder, claimed by this process: a sweep removes it once this process is gone
     attempt_id = f"{req.run_id}.{secrets.token_hex(6)}"
     work = workspace.work_dir(attempt_id)
@@ -164,10 +267,11 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
     timed_out = oom = False
     infra = ""
     log = b""
+    image_seconds, image_built = 0.0, False
     try:
         client = engine.connect()
         labels = {engine.LABEL_RUN: req.run_id, engine.LABEL_OWNER: req.owner}
-        tag = images.ensure_cell_image(
+        cell_image = images.ensure_cell_image(
             client,
             req.image,
             tarball,
@@ -176,7 +280,14 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
             req.roots,
             labels=labels,
             workdir=req.workdir,
-        ).tag
+        )
+        tag = cell_image.tag
+        image_seconds = time.monotonic() - started
+        image_built = cell_image.env_built or cell_image.layer_built
+        if gpu_ids and gpu_mode() == "device-request":
+            problem = gpu_problem(client, tag, gpu_ids, req)
+            if problem:  # the same on every rerun here: retries.infra bounds them, and prefers another node
+                raise CannotPassGpus(problem)
         (work / "out").mkdir(mode=0o700)
         user = container_user(req)
         if user is not None:  # the test user writes its reports here; the folder above stays root's own
@@ -197,6 +308,8 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         if exit_code is None and not timed_out:
             exit_code = int(state.get("ExitCode", -1))
         log = container.logs(stdout=True, stderr=True)
+    except CannotPassGpus as exc:
+        infra = str(exc)
     except images.SetupFailed as exc:
         exit_code = SETUP_FAILED
         log = exc.log_tail.encode()
@@ -231,6 +344,8 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         node=node,
         gpu_ids=tuple(gpu_ids),
         output_problem="; ".join(problems),
+        image_seconds=image_seconds,
+        image_built=image_built,
     )
 
 

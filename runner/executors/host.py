@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -137,18 +138,43 @@ def _setup_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def env_key(spec: ImageSpec, interpreter: str) -> str:
+def env_key(spec: ImageSpec, interpreter: str, inherit: tuple[str, ...] = ()) -> str:
     """The environment's content hash: the cell image's inputs, and which interpreter (its resolved path and its
-    file's identity, so an upgraded interpreter makes a new environment)."""
+    file's identity, so an upgraded interpreter makes a new environment), and the site folders it inherits."""
     real = os.path.realpath(interpreter)
     st = os.stat(real)
     key = f"{spec.digest}\n{real}\n{st.st_size}:{int(st.st_mtime)}\n{HOST_RECIPE}"
+    if inherit:
+        key += "\ninherit:" + "\n".join(inherit)
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def ensure_env(spec: ImageSpec, interpreter: str, node: str) -> Path:
-    """The cell's virtual environment on this node, made once per content hash. Raises HostSetupFailed."""
-    key = env_key(spec, interpreter)
+def site_folders(interpreter: str) -> tuple[str, ...]:
+    """The interpreter's own site-packages folders (a virtual environment's or conda's own, not its base's): what
+    an environment that inherits its packages sees after its own."""
+    proc = subprocess.run(
+        [interpreter, "-I", "-c", "import json, site; print(json.dumps(site.getsitepackages()))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=workspace.subdir("home"),
+        check=False,
+    )
+    try:
+        found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+    except (ValueError, IndexError):
+        found = []
+    return tuple(str(p) for p in found if isinstance(p, str) and os.path.isdir(p))
+
+
+def ensure_env(spec: ImageSpec, interpreter: str, node: str, inherit_site: bool = False) -> Path:
+    """The cell's virtual environment on this node, made once per content hash. Raises HostSetupFailed.
+
+    ``inherit_site``: the environment also sees the interpreter's own packages (after its own), for a machine
+    whose interpreter holds what cannot be installed there (a CUDA build of torch, no network): what pip would
+    install and is there already is taken from there."""
+    inherit = site_folders(interpreter) if inherit_site else ()
+    key = env_key(spec, interpreter, inherit)
     venv = workspace.subdir("venvs") / key
     if (venv / READY).is_file():
         return venv
@@ -164,14 +190,16 @@ def ensure_env(spec: ImageSpec, interpreter: str, node: str) -> Path:
                 "venv": str(venv),
                 "pip_args": list(spec.pip_args),
                 "requirements": [spec.pytest, *spec.extra, *spec.install],
+                "inherit": list(inherit),
             }
             (Path(tmp) / "provision.json").write_text(json.dumps(request))
             extra = {}
             if spec.ca_bundle:
                 (Path(tmp) / "ca.crt").write_bytes(spec.ca_bundle)
                 extra["PIP_CERT"] = str(Path(tmp) / "ca.crt")
-            if spec.wheelhouse and Path(spec.wheelhouse).is_dir():
-                extra["PIP_FIND_LINKS"] = spec.wheelhouse
+            folders = [w for w in spec.wheelhouses if Path(w).is_dir()]
+            if folders:  # host cells install with pip, whatever image.installer says
+                extra["PIP_FIND_LINKS"] = " ".join(folders)
             argv = [interpreter, str(SIDE_DIR / "provision.py"), str(Path(tmp) / "provision.json")]
             code = _run_logged(argv, _setup_env(extra), log, SETUP_TIMEOUT, cwd=tmp)
         if code != 0:
@@ -238,9 +266,7 @@ def shard_environment(
     """What the attempt's processes see: the request's variables (tests.env, pass-env, --env) and matrix-run's
     own, never the node's environment."""
     env = dict(req.env)
-    if gpu_ids:
-        env["MATRIX_RUN_GPU_IDS"] = ",".join(gpu_ids)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)  # on the host, Ray's ids are the devices' own
+    env.update(gpu_environment(gpu_ids, env))
     pythonpath = f"{SIDE_DIR}:{layer / 'site'}"
     env.update(
         {
@@ -263,6 +289,19 @@ def shard_environment(
         }
     )
     return env
+
+
+def gpu_environment(gpu_ids: tuple[str, ...], user_env: dict[str, str]) -> dict[str, str]:
+    """What an attempt's processes are told about their GPUs. On the host every device is there, so
+    CUDA_VISIBLE_DEVICES names Ray's ids themselves (the devices' own indices; ``cuda:k`` is the k-th of them),
+    counted in PCI bus order as NVML and Ray count them; an attempt given no GPU sees none."""
+    if not gpu_ids:
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    return {
+        "MATRIX_RUN_GPU_IDS": ",".join(gpu_ids),
+        "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
+        "CUDA_DEVICE_ORDER": user_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+    }
 
 
 def _kill_group(pgid: int) -> None:
@@ -331,9 +370,11 @@ def _log_tail(path: Path, limit: int) -> bytes:
         return b""
 
 
-def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
+def run_shard(
+    req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = (), inherit_site: bool = False
+) -> ShardOutcome:
     """Run one shard attempt on this node to its end and return what it produced. Never raises for trouble of
-    the node (a missing interpreter, a failed install): those are outcomes."""
+    the node (a missing interpreter, a failed install): those are outcomes. ``inherit_site``: see ensure_env."""
     started = time.monotonic()
     node = socket.gethostname()
     attempt_id = f"{req.run_id}.{secrets.token_hex(6)}"
@@ -352,7 +393,7 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
                 "install it there, or set image.python to its path"
             )
         else:
-            venv = ensure_env(req.image, interpreter, node)
+            venv = ensure_env(req.image, interpreter, node, inherit_site)
             layer = ensure_snapshot(venv, req, tarball, node)
             src = work / "src"
             shutil.copytree(layer / "src", src, symlinks=True)  # the attempt's own tree: tests may write into it
@@ -395,3 +436,119 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
         output_problem="; ".join(problems),
         setup_error=setup,
     )
+
+
+# ------------------------------------------------------------------------------------- without Ray: one machine
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runner.executors.host MATRIX``: each host cell of a matrix file as one shard through this
+    executor, on this machine, with neither Ray nor Docker nor a coordinator: the executor's own path (environment,
+    snapshot, process group, plugin, report), for checking a machine (scripts/gpu-check.sh). Prints each shard's
+    log and one summary line per cell; the exit code is matrix-run's (0 passed, 1 failed, 3 infra, 5 no tests)."""
+    import argparse
+    import sys
+
+    from runner import config, matrix, results
+    from runner.errors import ExitCode, UserError
+
+    parser = argparse.ArgumentParser(prog="python -m runner.executors.host", description=main.__doc__)
+    parser.add_argument("matrix", help="a matrix file whose cells are executor: host")
+    parser.add_argument("--select", action="append", default=[], metavar="AXIS=VALUE")
+    parser.add_argument(
+        "--gpus",
+        default=None,
+        metavar="IDS",
+        help="the GPUs to pin GPU cells to, as this machine numbers them (e.g. 0 or 2,3; default: "
+        "CUDA_VISIBLE_DEVICES); a cell gets as many of them as resources.gpus asks for",
+    )
+    parser.add_argument("--python", default="", help="the interpreter to make the environment from (image.python)")
+    parser.add_argument(
+        "--inherit-site-packages",
+        action="store_true",
+        help="the environment also sees the interpreter's own packages (torch built for this machine's CUDA)",
+    )
+    parser.add_argument("--out", default="", help="a folder for each cell's shard log and report")
+    args = parser.parse_args(argv)
+    given = args.gpus if args.gpus is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = tuple(g.strip() for g in given.split(",") if g.strip())
+    try:
+        mf = config.load(args.matrix)
+        cells = matrix.expand(mf, args.select)
+        for cell in cells:
+            if cell.executor != "host":
+                raise UserError(f"cell {cell.id} is executor: {cell.executor}; this runs host cells only")
+            if len(ids) < cell.resources.gpus:
+                raise UserError(
+                    f"cell {cell.id} asks for {cell.resources.gpus:g} GPU(s) and {len(ids)} are given; "
+                    "name them with --gpus IDS (or CUDA_VISIBLE_DEVICES)"
+                )
+        specs = images.specs_for(mf, cells)
+        tree = source.snapshot(mf.project)
+    except UserError as exc:
+        print(f"matrix-run: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    run_id = f"{mf.name}-here-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    codes = []
+    for cell in cells:
+        gpu_ids = ids[: math.ceil(cell.resources.gpus)]  # a fraction of a GPU is still that GPU
+        req = ShardRequest(
+            run_id=run_id,
+            cell_id=cell.id,
+            shard="shard-1of1",
+            attempt=1,
+            image=specs[cell.id],
+            command=cell.command,
+            files=(),
+            complement=True,  # leaves no file to another shard: the whole suite
+            roots=mf.tests.paths,
+            timeout=mf.tests.timeout,
+            resources=cell.resources,
+            env=cell.env,
+            network=mf.tests.network,
+            install_project=mf.tests.install_project,
+            source_digest=tree.digest,
+            workdir=mf.tests.workdir,
+            user=mf.tests.user,
+            output_limit=mf.tests.output_limit,
+            owner=workspace.owner_token(),
+            executor="host",
+            python=args.python or cell.python,
+        )
+        outcome = run_shard(req, tree.tarball, gpu_ids, inherit_site=args.inherit_site_packages)
+        attempt = results.evaluate(outcome, req.timeout)
+        tests = results.fold([attempt])
+        status, reason = results.cell_status(tests, [attempt])
+        if args.out:
+            folder = Path(args.out) / cell.id
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "shard.log").write_bytes(outcome.log)
+            (folder / "report.jsonl").write_bytes(outcome.report)
+        sys.stdout.write(outcome.log.decode("utf-8", "replace"))
+        counts = {s: sum(h.status is s for h in tests.values()) for s in results.Status}
+        for history in tests.values():
+            case = history.final
+            if history.status is not results.Status.PASSED:
+                first = case.message.splitlines()[0] if case.message else ""
+                print(f"host-run:   {history.status} {case.nodeid or case.name}: {first}")
+        print(
+            f"host-run: cell {cell.id}: {status}: {len(tests)} test(s), {counts[results.Status.PASSED]} passed, "
+            f"{counts[results.Status.FAILED] + counts[results.Status.ERROR]} failed, "
+            f"{counts[results.Status.SKIPPED]} skipped, in {outcome.duration:.1f} s on {outcome.node}, "
+            f"GPU ids {','.join(outcome.gpu_ids) or 'none'}{f' ({reason})' if reason else ''}",
+            flush=True,
+        )
+        codes.append(
+            {
+                results.Status.PASSED: ExitCode.OK,
+                results.Status.FLAKY: ExitCode.OK,
+                results.Status.NO_TESTS: ExitCode.NO_TESTS,
+                results.Status.INFRA: ExitCode.INTERNAL,
+            }.get(status, ExitCode.TESTS_FAILED)
+        )
+    worst = [c for c in (ExitCode.INTERNAL, ExitCode.TESTS_FAILED, ExitCode.NO_TESTS) if c in codes]
+    return int(worst[0]) if worst else int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
