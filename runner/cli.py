@@ -47,11 +47,21 @@ def print_plan(planned: plan.Planned) -> None:
             )
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a run joins: --address, else RAY_ADDRESS, else the one `matrix-run cluster up` recorded here
+    while it runs; None for an embedded local Ray (also --address local)."""
+    from runner import local_cluster
+
+    if address == "local":
+        return None
+    return address or os.environ.get("RAY_ADDRESS") or local_cluster.running_address()
+
+
 def print_placement(cells: Sequence[matrix.Cell], address: str | None) -> None:
     """Where each cell can run on the cluster the run would join: its nodes by label, GPUs, executor."""
     from runner import cluster, scheduler
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     if address:
         cluster.connect(address)
         nodes, where = cluster.alive_nodes(), f"the Ray cluster at {address}"
@@ -98,17 +108,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The run as a pipeline: plan -> cache -> images and execute -> quarantine -> reports -> history."""
     from runner import cache, coordinator, engine, images, outdir, quarantine, reports, summary, workspace
 
+    if getattr(args, "submit", None):
+        from runner import jobs
+
+        return jobs.submit_run(args, getattr(args, "raw_argv", sys.argv[1:]), build_parser())
     if not args.dry_run:
         # importing Ray takes about 2 s: do it while the matrix is planned and the images are checked
         threading.Thread(target=importlib.import_module, args=("ray",), daemon=True).start()
     history = _history(args)
     joined = None
     slots = None
-    if not args.dry_run and (args.address or os.environ.get("RAY_ADDRESS")):
+    address = None if args.dry_run else cluster_address(args.address)
+    if address:
         # shards: auto sizes for the cluster the run is on: ask it before planning
         from runner import cluster
 
-        joined = cluster.connect(args.address)
+        joined = cluster.connect(address)
         slots = cluster.slots_for(cluster.capacity(), config.load(args.matrix), args.max_parallel)
     planned = plan.plan_matrix(args.matrix, args.select, args.shards, history, args.max_parallel, slots=slots)
     if args.dry_run:
@@ -132,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = coordinator.RunOptions(
         run_id=run_id,
         out=out_folder.path,
-        address=args.address,
+        address=address or "local",  # resolved above: a recorded cluster is not looked up twice
         max_parallel=args.max_parallel if args.max_parallel is not None else mf.strategy.max_parallel,
         fail_fast=mf.strategy.fail_fast if args.fail_fast is None else args.fail_fast,
         flaky_retries=mf.retries.flaky if args.retries is None else args.retries,
@@ -243,6 +258,122 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    from runner import local_cluster
+
+    options = local_cluster.UpOptions(
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        labels=tuple(args.label),
+        head_cpus=args.head_cpus,
+        port=args.port,
+        dashboard_port=args.dashboard_port,
+        host=args.host,
+        own_engines=args.own_engines,
+    )
+    print(local_cluster.describe_up(local_cluster.up(options)))
+    return ExitCode.OK
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from runner import cluster, local_cluster
+
+    address = local_cluster.status_address(args.address)
+    cluster.connect(address)
+    try:
+        nodes = local_cluster.status(timeout=args.timeout)
+    finally:
+        ray.shutdown()
+    if args.json:
+        print(json.dumps({"address": address, "nodes": [n.as_json() for n in nodes]}, indent=2))
+    else:
+        print(local_cluster.describe_status(address, nodes))
+    return ExitCode.OK
+
+
+def cmd_cluster_down(args: argparse.Namespace) -> int:
+    from runner import local_cluster
+
+    state, result = local_cluster.down()
+    if state is None:
+        print("matrix-run cluster down: no cluster recorded here; nothing to stop")
+        return ExitCode.OK
+    if result.remaining:
+        pids = " ".join(str(p) for p in result.remaining)
+        raise UserError(
+            f"cluster down: {len(result.remaining)} process(es) of the cluster survived SIGKILL (pids {pids}); "
+            "the state file is kept, run `matrix-run cluster down` again",
+            ExitCode.INTERNAL,
+        )
+    jobs = f"{result.jobs} running job(s) and " if result.jobs else ""
+    print(
+        f"matrix-run cluster down: stopped {jobs}{result.stopped + result.killed} process(es) of the cluster at "
+        f"{state.gcs_address} ({result.killed} needed SIGKILL); its state and token are removed"
+    )
+    return ExitCode.OK
+
+
+def cmd_cluster_join(args: argparse.Namespace) -> int:
+    from runner import local_cluster
+
+    options = local_cluster.JoinOptions(
+        address=args.address, labels=tuple(args.label), cpus=args.cpus, gpus=args.gpus, token_file=args.token_file
+    )
+    print(local_cluster.describe_join(local_cluster.join(options)))
+    return ExitCode.OK
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from runner import jobs
+
+    return jobs.attach(args.job_id, args.out, args.address, args.token_file, force=args.force)
+
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cl = sub.add_parser("cluster", help="start, inspect and stop a Ray cluster of matrix-run nodes")
+    cl_sub = cl.add_subparsers(dest="cluster_command", required=True, parser_class=_Parser)
+    up = cl_sub.add_parser("up", help="start a head and worker nodes on this machine (token auth on), then return")
+    up.add_argument("--workers", type=int, default=1, help="worker nodes (default 1)")
+    up.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: this machine's, shared)")
+    up.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (simulated without)")
+    up.add_argument("--label", action="append", default=[], metavar="L", help="node label L (the resource runs-on:L)")
+    up.add_argument("--head-cpus", type=float, help="CPUs of the head (default 0 with workers, else all)")
+    up.add_argument("--port", type=int, default=6379, help="the GCS port (default 6379)")
+    up.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard and Jobs API port (default 8265)")
+    up.add_argument("--host", default="127.0.0.1", help="address the nodes advertise and the Jobs API binds to")
+    up.add_argument(
+        "--own-engines",
+        action="store_true",
+        help="give each worker a Docker engine of its own (root; a second dockerd each), as separate machines have",
+    )
+    up.set_defaults(func=cmd_cluster_up)
+    st = cl_sub.add_parser("status", help="the cluster's nodes, and the matrix-run images on each node")
+    st.add_argument("--address", help="GCS address HOST:PORT (default: RAY_ADDRESS, else the cluster up's)")
+    st.add_argument("--json", action="store_true", help="as JSON")
+    st.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each node's answer")
+    st.set_defaults(func=cmd_cluster_status)
+    dn = cl_sub.add_parser("down", help="stop the processes that cluster up / join started on this machine")
+    dn.set_defaults(func=cmd_cluster_down)
+    jn = cl_sub.add_parser("join", help="start a worker node on this machine, joined to the cluster at ADDRESS")
+    jn.add_argument("address", help="the head's GCS address HOST:PORT")
+    jn.add_argument("--label", action="append", default=[], metavar="L", help="node label L (the resource runs-on:L)")
+    jn.add_argument("--cpus", type=float, help="CPUs this node advertises (default: all of this machine's)")
+    jn.add_argument("--gpus", type=float, default=0.0, help="GPUs this node advertises")
+    jn.add_argument("--token-file", default="", help="the cluster's token (default: RAY_AUTH_TOKEN[_PATH])")
+    jn.set_defaults(func=cmd_cluster_join)
+
+    at = sub.add_parser("attach", help="follow a job of run --submit again, or collect its outputs")
+    at.add_argument("job_id", help="the job id that run --submit printed")
+    at.add_argument("--out", help="output folder (default .matrix-run/NAME)")
+    at.add_argument("--address", help="the Jobs API URL (default: the cluster up's, RAY_API_SERVER_ADDRESS)")
+    at.add_argument("--token-file", help="the cluster's token (default: RAY_AUTH_TOKEN, cluster up's)")
+    at.add_argument("--force", action="store_true", help="use an --out folder holding files matrix-run did not write")
+    at.set_defaults(func=cmd_attach)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the project's usage exit code (4) instead of argparse's 2 (which means interrupted)."""
 
@@ -292,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="use an --out folder that holds files matrix-run did not write"
     )
+    run.add_argument(
+        "--submit",
+        metavar="URL",
+        help="run the coordinator as a Ray Job through the Jobs API at URL (http://HEAD:8265); outputs come to --out",
+    )
+    run.add_argument("--token-file", help="the cluster's token for --submit (default: RAY_AUTH_TOKEN, cluster up's)")
     run.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="print the expanded cells")
@@ -338,12 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schema", help="print the JSON Schema of an output file (results.json)")
     sch.add_argument("output", nargs="?", choices=["results"], default="results", help="which file (default results)")
     sch.set_defaults(func=cmd_schema)
+    _add_cluster_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # --submit forwards the run's flags as written
     for flag in ("max_parallel", "shards", "retries"):
         value = getattr(args, flag, None)
         if value is not None and value < (1 if flag == "shards" else 0):

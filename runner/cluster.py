@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from runner import distribution
+from runner.distribution import NodeImages, Prepared
 from runner.errors import EnvironmentProblem
 from runner.execution import ShardOutcome, ShardRequest
 from runner.executors import executor_for
 from runner.executors.docker import engine_answers, remove_run_containers, sweep_leftovers
 from runner.executors.host import kill_run_processes, sweep_processes
-from runner.scheduler import LABEL_RESOURCE, Node
+from runner.scheduler import GPU_TYPE_RESOURCE, LABEL_RESOURCE, Node
 
 LABEL_SLIVER = 0.0001  # of a node's "runs-on:L" resource, per shard: any positive amount on the node admits it
 
@@ -90,6 +92,8 @@ class Cluster:
 
 
 _remote_task: Any = None
+_remote_inventory: Any = None
+_remote_prepare: Any = None
 _remote_cleanup: Any = None
 _remote_sweep: Any = None
 
@@ -116,11 +120,21 @@ def local_node() -> Node:
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
-    """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray; quiet, no dashboard."""
+    """Join ``address`` (or RAY_ADDRESS), else the cluster that ``matrix-run cluster up`` (or ``join``) recorded on
+    this machine while it runs, else start an embedded local Ray; quiet, no dashboard. ``local`` forces the
+    embedded Ray. The recorded cluster's token is used for it (token authentication)."""
     import ray
+
+    from runner import local_cluster
 
     global _remote_task, _remote_cleanup, _remote_sweep
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        address = None
+    elif address is None:
+        address = local_cluster.running_address()
+    elif token_path := local_cluster.token_for(address):  # the recorded cluster, named by its address
+        local_cluster.use_token(token_path)
     if address:
         _check_reachable(address)
     kwargs: dict[str, Any] = {
@@ -140,7 +154,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
             import runner
 
             kwargs.pop("include_dashboard")
-            ray.init(address=address, runtime_env={"py_modules": [runner]}, **kwargs)
+            # as a path: inside a submitted Ray Job, Ray deep-copies it to merge it with the job's runtime_env
+            modules = [os.path.dirname(os.path.abspath(runner.__file__))]
+            ray.init(address=address, runtime_env={"py_modules": modules}, **kwargs)
         else:
             # "local" starts a new Ray of this process's own; without it Ray joins the last cluster that
             # `ray start` made on this machine (/tmp/ray/ray_current_cluster), alive or dead
@@ -256,8 +272,11 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node: str = "") -> Any:
-    """Submit one shard attempt; returns its ObjectRef. ``avoid_node``: prefer any other node (infra reruns)."""
+def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node: str = "", node: str = "") -> Any:
+    """Submit one shard attempt; returns its ObjectRef. ``node``: the node the scheduler chose (a soft preference:
+    should it die, Ray places the retry elsewhere); else ``avoid_node``: prefer any other node (infra reruns)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     res = request.resources
     options: dict[str, Any] = {
         "num_cpus": res.cpus,
@@ -268,7 +287,13 @@ def submit(request: ShardRequest, tarball_ref: Any, max_retries: int, avoid_node
     }
     if request.runs_on:
         options["resources"] = {f"{LABEL_RESOURCE}{request.runs_on}": LABEL_SLIVER}
-    strategy = _other_node(avoid_node, request) if avoid_node else None
+    if res.gpu_type:  # Ray asks for a sliver of the node's "accelerator_type:T" resource
+        options["accelerator_type"] = res.gpu_type
+    strategy: Any = None
+    if node:
+        strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+    else:
+        strategy = _other_node(avoid_node, request) if avoid_node else None
     if strategy is not None:
         options["scheduling_strategy"] = strategy
     return _remote_task.options(**options).remote(request, tarball_ref)
@@ -285,7 +310,8 @@ class Capacity:
 
 
 def _nodes_of(listed: list[dict[str, Any]], docker: dict[str, bool]) -> list[Node]:
-    """``ray.nodes()`` -> the alive ones as scheduler Nodes (labels from their ``runs-on:L`` resources)."""
+    """``ray.nodes()`` -> the alive ones as scheduler Nodes (labels from their ``runs-on:L`` resources, GPU types
+    from their ``accelerator_type:T`` ones)."""
     nodes = []
     for node in listed:
         if not node.get("Alive"):
@@ -293,8 +319,11 @@ def _nodes_of(listed: list[dict[str, Any]], docker: dict[str, bool]) -> list[Nod
         res = node.get("Resources", {})
         labels = frozenset(k[len(LABEL_RESOURCE) :] for k, v in res.items() if k.startswith(LABEL_RESOURCE) and v > 0)
         node_id = str(node["NodeID"])
+        types = frozenset(
+            k[len(GPU_TYPE_RESOURCE) :] for k, v in res.items() if k.startswith(GPU_TYPE_RESOURCE) and v > 0
+        )
         nodes.append(
-            Node(node_id, float(res.get("CPU", 0)), float(res.get("GPU", 0)), labels, docker.get(node_id, True))
+            Node(node_id, float(res.get("CPU", 0)), float(res.get("GPU", 0)), labels, docker.get(node_id, True), types)
         )
     return nodes
 
@@ -425,8 +454,62 @@ class RayTransport:
         self.max_retries = max_retries
         self.docker = docker  # node id -> whether its Docker engine answers (nodes not in it: taken to have one)
 
-    def submit(self, request: ShardRequest, avoid_node: str = "") -> Any:
-        return submit(request, self.tarball, self.max_retries, avoid_node)
+    def submit(self, request: ShardRequest, avoid_node: str = "", node: str = "") -> Any:
+        return submit(request, self.tarball, self.max_retries, avoid_node, node)
+
+    # ------------------------------------------------------------------------------------- images onto nodes
+
+    def inventory(self, timeout: float = 60.0) -> list[NodeImages]:
+        """What every alive node's engine holds (nodes that do not answer within ``timeout`` are left out)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        global _remote_inventory
+        if _remote_inventory is None:
+            _remote_inventory = ray.remote(distribution.inventory)
+        refs = [
+            _remote_inventory.options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            ).remote()
+            for node in ray.nodes()
+            if node.get("Alive")
+        ]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        return [ray.get(r) for r in ready]
+
+    def prepare(self, node_id: str, spec: Any, base: Any, args: tuple[Any, ...]) -> Any:
+        """Start making a cell's image present on ``node_id`` (``distribution.prepare``), holding no CPU: no test
+        slot waits for it. ``base``: an object ref of the base image's bytes, for a node that lacks it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        global _remote_prepare
+        if _remote_prepare is None:
+            _remote_prepare = ray.remote(distribution.prepare)
+        return _remote_prepare.options(
+            num_cpus=0,
+            max_retries=0,
+            name=f"image/{spec.tag}",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        ).remote(spec, self.tarball, *args, base=base)
+
+    def prepared(self, handles: list[Any]) -> list[tuple[Any, Prepared | None, str]]:
+        """(handle, result, error) for the ``prepare`` calls that have ended, without waiting."""
+        import ray
+
+        if not handles:
+            return []
+        done, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        out: list[tuple[Any, Prepared | None, str]] = []
+        for ref in done:
+            try:
+                out.append((ref, ray.get(ref), ""))
+            except Exception as exc:  # the node died meanwhile
+                out.append((ref, None, f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300]}"))
+        return out
+
+    def put(self, data: bytes) -> Any:
+        return put(data)
 
     def completed(self, handles: list[Any], timeout: float) -> Iterator[tuple[Any, ShardOutcome | None, str]]:
         return completed(handles, timeout)

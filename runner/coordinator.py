@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runner import cluster, engine, images, quarantine
+from runner import cluster, distribution, engine, images, quarantine
 from runner.config import MatrixFile, QuarantineEntry
 from runner.errors import EnvironmentProblem, ExitCode
 from runner.execution import RunResults, ShardOutcome, ShardRequest
@@ -142,6 +142,13 @@ class Coordinator:
         self.shard_dir = options.out / "shards"
         self.log_dir = options.out / "logs"
         self.sched: Scheduler | None = None
+        self.here = ""  # this process's Ray node
+        self.targets: dict[str, list[str]] = {}  # cell -> the other nodes its image goes to (multi-node runs)
+        self.deferred: dict[str, list[tuple[str, bool]]] = {}  # cell -> (node, needs the base) after the local build
+        self.remote: dict[Any, tuple[str, str]] = {}  # a prepare in flight -> (cell, node)
+        self.base_refs: dict[str, Any] = {}  # base image -> object ref of its bytes, shipped to nodes that lack it
+        self.eligible_here: set[str] = set()
+        self.image_nodes: list[dict[str, object]] = []
 
     # ------------------------------------------------------------------------------------------------ signals
 
@@ -195,6 +202,8 @@ class Coordinator:
             )
             unservable = sched.check_capacity()
             to_build = [cid for cid in docker_cells if cid not in unservable]
+            self.here = transport.here()
+            self._plan_nodes(transport, sched, to_build)
             builds = self._start_builds(pool, client, to_build) if client is not None else {}
             for cid, c in self.cells.items():
                 if c.executor != "docker" and cid not in unservable:
@@ -204,7 +213,8 @@ class Coordinator:
                 if lost:
                     sched.lose(lost)
                     break
-                self._collect_builds(builds, sched)
+                self._collect_builds(builds, sched, transport)
+                self._collect_remote(transport, sched)
                 # checked here, after the cluster was: a last outcome may be Ray's word that its node died
                 if sched.finished and (not builds or sched.cancelled):
                     break  # all done; or fail-fast struck, and what is still building is not waited for
@@ -221,6 +231,8 @@ class Coordinator:
                 if self.interrupted.is_set():
                     sched.interrupt()
                 sched.stop()
+            if self.remote and ray_cluster is not None and not ray_cluster.lost:
+                cluster.cancel(list(self.remote))  # images still being made for a run that has ended
             self._remove_containers(ray_cluster)
             pool.shutdown(wait=not self.interrupted.is_set(), cancel_futures=True)
             if ray_cluster is not None:
@@ -239,6 +251,7 @@ class Coordinator:
             image_check_seconds=self.image_check_seconds,
             fail_fast_by=sched.fail_fast_by if sched else "",
             cluster_lost=sched.lost if sched else "",
+            image_nodes=self.image_nodes,
         )
 
     def _remove_containers(self, ray_cluster: cluster.Cluster | None) -> None:
@@ -306,11 +319,116 @@ class Coordinator:
             workdir=self.mf.tests.workdir,
             step=step,
         )
+        if self.mf.image.registry:  # built once, here; the other nodes pull it by its content tag
+            step(f"pushing to {self.mf.image.registry}")
+            distribution.push(client, image.env_tag, self.mf.image.registry)
         took = time.monotonic() - started
         fresh = image.env_built or image.layer_built
         return image.env_tag, image.env_built, 0.0 if fresh else took, took
 
-    def _collect_builds(self, builds: dict[Future[ImageReady], list[str]], sched: Scheduler) -> None:
+    # ------------------------------------------------------------------------------------------------ other nodes
+
+    def _plan_nodes(self, transport: cluster.RayTransport, sched: Scheduler, cells: list[str]) -> None:
+        """On a cluster of several nodes: which nodes get each docker cell's image (those holding it first), and
+        start making it there. This node's own engine is the coordinator's build (``_start_builds``); a node that
+        lacks a cell's base, or every node when the images come from a registry, waits for that build."""
+        nodes = transport.nodes()
+        if len(nodes) <= 1 or not cells:
+            return
+        started = time.monotonic()
+        held = {n.node_id: n.tags for n in transport.inventory()}
+        requests = {cid: sched.prototypes[cid] for cid in cells}
+        sources = {
+            cid: images.source_layer_tag(
+                self.specs[cid].tag,
+                self.tree.digest,
+                self.mf.tests.install_project,
+                self.mf.tests.paths,
+                self.mf.tests.workdir,
+            )
+            for cid in cells
+        }
+        plan = distribution.targets(requests, {cid: len(self.shards[cid]) for cid in cells}, nodes, held, sources)
+        here_held = held.get(self.here, frozenset())
+        for cid in cells:
+            spec = self.specs[cid]
+            self.eligible_here.update([cid] if self.here in plan.targets[cid] else [])
+            self.targets[cid] = [n for n in plan.targets[cid] if n != self.here]
+            for node in plan.ready[cid] - {self.here}:
+                sched.ready(cid, node)
+                self._record(cid, node, "present", 0.0)
+            for node in self.targets[cid]:
+                if node in plan.ready[cid]:
+                    continue
+                need_base = distribution.missing_base(spec, held.get(node, frozenset()))
+                if self.mf.image.registry or (need_base and images.base_ref(spec) not in here_held):
+                    self.deferred.setdefault(cid, []).append((node, need_base))
+                else:
+                    self._start_remote(transport, sched, cid, node, need_base)
+        placed = sum(len(t) for t in self.targets.values())
+        self.view.note(
+            f"images: {len(cells)} cell(s) onto {placed} other node placement(s) of {len(nodes) - 1} other node(s)"
+            f" (inventory {time.monotonic() - started:.1f} s)"
+        )
+
+    def _start_remote(
+        self, transport: cluster.RayTransport, sched: Scheduler, cid: str, node: str, need_base: bool
+    ) -> None:
+        spec = self.specs[cid]
+        base = None
+        if need_base and not self.mf.image.registry:
+            ref = images.base_ref(spec)
+            try:
+                if ref not in self.base_refs:  # once per base, however many nodes lack it
+                    self.base_refs[ref] = transport.put(distribution.save_image(ref))
+            except images.BuildFailed as exc:
+                self._record(cid, node, "failed", 0.0, "", f"on node {node[:12]}: the base could not be shipped: {exc}")
+                self._fail_if_nowhere(cid, sched)
+                return
+            base = self.base_refs[ref]
+        labels = {engine.LABEL_RUN: self.opt.run_id, engine.LABEL_OWNER: self.opt.owner}
+        args = (
+            self.tree.digest,
+            self.mf.tests.install_project,
+            self.mf.tests.paths,
+            self.mf.tests.workdir,
+            labels,
+            self.mf.image.registry,
+        )
+        self.remote[transport.prepare(node, spec, base, args)] = (cid, node)
+        self.view.image(cid, "to nodes", f"making it on node {node[:12]}")
+
+    def _record(self, cid: str, node: str, how: str, seconds: float, host: str = "", error: str = "") -> None:
+        self.image_nodes.append(
+            {"cell": cid, "node_id": node, "node": host, "how": how, "seconds": round(seconds, 3), "error": error}
+        )
+
+    def _collect_remote(self, transport: cluster.RayTransport, sched: Scheduler) -> None:
+        for handle, res, error in transport.prepared(list(self.remote)):
+            cid, node = self.remote.pop(handle)
+            if res is not None and not res.error:
+                sched.ready(cid, node)
+                self._record(cid, node, res.how, res.seconds, res.hostname)
+                ready = sched.ready_on.get(cid) or set()
+                self.view.image(cid, f"on {len(ready)} node(s)", f"{res.how} on {res.hostname} in {res.seconds:.1f} s")
+                continue
+            why = res.error if res is not None else f"on node {node[:12]}: {error}"
+            self._record(cid, node, "failed", res.seconds if res else 0.0, res.hostname if res else "", why)
+            self.view.note(f"{cid}: image not made {why}")
+            self._fail_if_nowhere(cid, sched)
+
+    def _fail_if_nowhere(self, cid: str, sched: Scheduler) -> None:
+        """A cell whose image is on no node that may run it, and will not be: an error naming the nodes."""
+        if cid not in sched.waiting or cid in self.eligible_here:
+            return  # ready already, or this node's own build makes it ready (or fails the cell)
+        if any(c == cid for c, _ in self.remote.values()) or self.deferred.get(cid):
+            return
+        errors = [str(r["error"]) for r in self.image_nodes if r["cell"] == cid and r["error"]]
+        sched.fail_cell(cid, "the image could not be made on any node that may run the cell: " + "; ".join(errors))
+
+    def _collect_builds(
+        self, builds: dict[Future[ImageReady], list[str]], sched: Scheduler, transport: cluster.RayTransport
+    ) -> None:
         for fut in [f for f in builds if f.done()]:
             cids = builds.pop(fut)
             try:
@@ -321,11 +439,13 @@ class Coordinator:
                 what = "" if isinstance(exc, images.SetupFailed) else "image build failed: "
                 for cid in cids:
                     self.view.image(cid, "failed", str(exc))
+                    self.deferred.pop(cid, None)
                     sched.fail_cell(cid, f"{what}{exc}; full log: {log}\n{exc.log_tail}")
                 continue
             except Exception as exc:  # a Docker or environment problem: fails these cells only
                 for cid in cids:
                     self.view.image(cid, "failed", str(exc))
+                    self.deferred.pop(cid, None)
                     sched.fail_cell(cid, f"image build failed: {exc.__class__.__name__}: {exc}")
                 continue
             if built:
@@ -335,4 +455,11 @@ class Coordinator:
             for cid in cids:
                 self.image_tags[cid] = tag
                 self.view.image(cid, "built" if built else "cached", f"{tag} ({took:.1f} s)")
-                sched.ready(cid)
+                if cid not in self.targets:  # one node: this one
+                    sched.ready(cid)
+                    continue
+                if cid in self.eligible_here:
+                    sched.ready(cid, self.here)
+                    self._record(cid, self.here, "built" if built else "present", took, "coordinator")
+                for node, need_base in self.deferred.pop(cid, []):
+                    self._start_remote(transport, sched, cid, node, need_base)

@@ -31,6 +31,7 @@ from runner.results import BAD, Attempt, CellResult, Status, TestHistory, cell_s
 from runner.retry import Budget, decide
 
 LABEL_RESOURCE = "runs-on:"  # a node advertises label L as the Ray custom resource "runs-on:L"
+GPU_TYPE_RESOURCE = "accelerator_type:"  # Ray's resource for a node's GPU type ("accelerator_type:H100")
 CAPACITY_REFRESH = 2.0  # seconds between looks at the nodes: they come and go
 
 
@@ -43,13 +44,15 @@ class Node:
     gpus: float = 0.0
     labels: frozenset[str] = frozenset()
     docker: bool = True  # the node has a Docker engine that answers (the docker executor needs one)
+    gpu_types: frozenset[str] = frozenset()  # its GPUs' accelerator types, from Ray's "accelerator_type:T"
 
 
 class Transport(Protocol):
     """Places shard requests on nodes and reports their outcomes in completion order (cluster.py: Ray)."""
 
-    def submit(self, request: ShardRequest, avoid_node: str = "") -> Any:
-        """Start ``request`` on some node that can take it; a handle for ``completed`` and ``cancel``."""
+    def submit(self, request: ShardRequest, avoid_node: str = "", node: str = "") -> Any:
+        """Start ``request`` on ``node`` (the scheduler's choice; "" = any node that can take it, preferring one
+        other than ``avoid_node``); a handle for ``completed`` and ``cancel``."""
         ...
 
     def completed(self, handles: list[Any], timeout: float) -> Iterable[tuple[Any, ShardOutcome | None, str]]:
@@ -106,6 +109,8 @@ def may_take(node: Node, request: ShardRequest) -> bool:
         return False
     if request.executor == "docker" and not node.docker:
         return False
+    if res.gpu_type and res.gpu_type not in node.gpu_types:
+        return False
     return node.gpus + 1e-9 >= res.gpus and node.cpus + 1e-9 >= res.cpus
 
 
@@ -134,6 +139,15 @@ def why_unservable(nodes: list[Node], request: ShardRequest) -> str:
                 f"'{LABEL_RESOURCE}{request.runs_on}'); labels on this cluster: {', '.join(have)}"
             )
         nodes = labelled
+    if res.gpu_type:
+        typed = [n for n in nodes if res.gpu_type in n.gpu_types]
+        if not typed:
+            have = sorted({t for n in nodes for t in n.gpu_types}) or ["none"]
+            return (
+                f"no node has GPUs of type {res.gpu_type!r} (resources.gpu-type; Ray advertises a node's GPU type "
+                f"as the resource '{GPU_TYPE_RESOURCE}{res.gpu_type}'); GPU types on this cluster: {', '.join(have)}"
+            )
+        nodes = typed
     if res.gpus:
         most = max(n.gpus for n in nodes)
         if most + 1e-9 < res.gpus:
@@ -159,11 +173,15 @@ def _take(free: dict[str, list[float]], node: Node, request: ShardRequest) -> No
     free[node.node_id][1] -= request.resources.gpus
 
 
-def _room(nodes: list[Node], running: list[ShardRequest]) -> dict[str, list[float]]:
-    """Free [cpus, gpus] per node once ``running`` is placed first-fit (where the transport really put each shard
-    is not known until it ends; first-fit over the same eligibility is what it would do)."""
+def _room(nodes: list[Node], running: list[tuple[ShardRequest, str]]) -> dict[str, list[float]]:
+    """Free [cpus, gpus] per node once ``running`` (request, node it was sent to) is accounted for; a request sent
+    to no node in particular, or to one gone since, is placed first-fit, as the transport would."""
     free = {n.node_id: [n.cpus, n.gpus] for n in nodes}
-    for req in running:
+    by_id = {n.node_id: n for n in nodes}
+    for req, node_id in running:
+        if node_id in by_id:
+            _take(free, by_id[node_id], req)
+            continue
         options = eligible(nodes, req)
         if options:
             _take(free, _with_room(options, free, req) or options[0], req)
@@ -171,8 +189,10 @@ def _room(nodes: list[Node], running: list[ShardRequest]) -> dict[str, list[floa
 
 
 class Scheduler:
-    """The run's shards from queued to done, through a ``Transport``. Call ``ready`` (a cell's image is there),
-    ``fail_cell`` (it never will be) and ``step`` until ``finished``; ``cell_result`` then says what each cell did.
+    """The run's shards from queued to done, through a ``Transport``. Call ``ready`` (a cell's image is there, on
+    one node or on all), ``fail_cell`` (it never will be) and ``step`` until ``finished``; ``cell_result`` then says
+    what each cell did. A cell ready on some nodes only has its shards placed on those nodes (an image missing on a
+    node would be built there by the shard, holding a test slot), unless none of them is alive any more.
 
     ``prototypes`` holds one request per cell with every cell-level field filled in; the scheduler fills in the
     shard's own part (files, selection, attempt) for each submission.
@@ -211,11 +231,13 @@ class Scheduler:
             if cid in self.cells  # cells served by --cache have a plan but do not run
         }
         self.waiting = set(self.states)  # cells whose image is not there yet
+        self.ready_on: dict[str, set[str] | None] = {}  # cell -> nodes holding its image (None: every node)
         self.errors: dict[str, str] = {}  # cell -> why it could not run (image build failed)
         self.unservable: dict[str, str] = {}  # cell -> why no node can serve it (no_capacity)
         self.queue: list[QueueEntry] = []
         self.seq = itertools.count()
         self.inflight: dict[Any, tuple[ShardState, ShardRequest, tuple[str, ...]]] = {}
+        self.placed: dict[Any, str] = {}  # handle -> the node it was sent to
         self.submitted: dict[Any, float] = {}
         self.cancelled = False
         self.interrupted = False
@@ -239,8 +261,16 @@ class Scheduler:
                 self.finished_cells.add(cid)
         return dict(self.unservable)
 
-    def ready(self, cell_id: str) -> None:
-        """The cell's image is there: queue its shards (or cancel them, when fail-fast struck meanwhile)."""
+    def ready(self, cell_id: str, node_id: str | None = None) -> None:
+        """The cell's image is there (on ``node_id``; None: wherever its shards go, e.g. a host cell, whose
+        environment each node makes): queue its shards on the first call (or cancel them, when fail-fast struck
+        meanwhile); later calls add nodes its shards may go to."""
+        if node_id is None:
+            self.ready_on[cell_id] = None
+        else:
+            nodes = self.ready_on.setdefault(cell_id, set())
+            if nodes is not None:
+                nodes.add(node_id)
         if cell_id not in self.waiting:
             return
         self.waiting.discard(cell_id)
@@ -291,21 +321,32 @@ class Scheduler:
         if not self.queue:
             return
         nodes = self._alive_nodes()
-        free = _room(nodes, [req for _, req, _ in self.inflight.values()])
+        free = _room(nodes, [(req, self.placed.get(h, "")) for h, (_, req, _) in self.inflight.items()])
         deferred = []
         while self.queue:
             if self.max_parallel and len(self.inflight) >= self.max_parallel:
                 break
             entry = heapq.heappop(self.queue)
             req = self.prototypes[entry[3].cell.id]
-            place = _with_room(eligible(nodes, req), free, req)
+            place = _with_room(self._options(nodes, req, entry[5]), free, req)
             if place is None:
                 deferred.append(entry)
                 continue
             _take(free, place, req)
-            self._submit(entry)
+            self._submit(entry, place.node_id)
         for entry in deferred:
             heapq.heappush(self.queue, entry)
+
+    def _options(self, nodes: list[Node], req: ShardRequest, avoid_node: str) -> list[Node]:
+        """Where a shard of ``req``'s cell may go now: eligible nodes holding its image (any eligible node when none
+        of those is alive), other than ``avoid_node`` when there is another."""
+        options = eligible(nodes, req)
+        ready = self.ready_on.get(req.cell_id)
+        if ready is not None:
+            options = [n for n in options if n.node_id in ready] or options
+        if avoid_node:
+            options = [n for n in options if n.node_id != avoid_node] or options
+        return options
 
     def request_for(self, state: ShardState, select: tuple[str, ...]) -> ShardRequest:
         """The cell's request with this shard's part: its files (the first shard takes every file no other shard
@@ -336,14 +377,15 @@ class Scheduler:
         mine = set(state.shard.files)
         return tuple(sorted({f for s in self.states[state.cell.id] if s is not state for f in s.shard.files} - mine))
 
-    def _submit(self, entry: QueueEntry) -> None:
+    def _submit(self, entry: QueueEntry, node: str) -> None:
         state, select, avoid_node = entry[3], entry[4], entry[5]
         req = self.request_for(state, select)
         state.next_attempt += 1
         if not state.started:
             state.started = self.clock()
-        handle = self.transport.submit(req, avoid_node)
+        handle = self.transport.submit(req, avoid_node, node)
         self.inflight[handle] = (state, req, select)
+        self.placed[handle] = node
         self.submitted[handle] = self.clock()
         self.view.shard(req.cell_id, req.shard, req.attempt, "running")
 
@@ -353,6 +395,7 @@ class Scheduler:
         if handle not in self.inflight:
             return
         state, req, select = self.inflight.pop(handle)
+        self.placed.pop(handle, None)
         wall = self.clock() - self.submitted.pop(handle, self.clock())
         if outcome is None:
             if error == "cancelled":
@@ -431,6 +474,7 @@ class Scheduler:
         self.view.note(f"{why}: reporting the shards that finished, the rest as infra")
         inflight = list(self.inflight.values())
         self.inflight.clear()
+        self.placed.clear()
         for state, req, _ in inflight:
             self._record(state, ShardOutcome(req.cell_id, req.shard, req.attempt, None, infra_error=f"ray: {why}"))
         self.queue.clear()
@@ -454,6 +498,7 @@ class Scheduler:
         for state, _, _ in self.inflight.values():
             state.cancelled = True
         self.inflight.clear()
+        self.placed.clear()
         self.queue.clear()
         for states in self.states.values():
             for state in states:

@@ -1,6 +1,7 @@
 """matrix-run's benchmark: its targets measured side by side against what a user would do instead, in one run.
 
     .venv/bin/python scripts/bench.py [--sdist NAME==VERSION ...] [--work DIR] [--skip-suite] [--json FILE]
+    .venv/bin/python scripts/bench.py --torch [--skip-cuda-build] [--work DIR] [--json FILE]
 
 Workloads: real third-party suites from PyPI sdists (default: pygments, small, ~10 s of tests per cell; attrs,
 medium; pyparsing, where one file, test_unit.py, holds most of the time), each across Python 3.9 / 3.11 / 3.13
@@ -10,6 +11,8 @@ medium; pyparsing, where one file, test_unit.py, holds most of the time), each a
   B    one container per cell, as many at a time as there are slots, no sharding
   C0   matrix-run, cold duration history (`shards: auto`)
   C    matrix-run, warm history (the second run): targets C <= 1.15 x LBw, A / C >= 1.6, B / C >= 1.2
+  Ck   C on a kept local Ray (`matrix-run cluster up --workers 0`, joined without --address): C less the embedded
+       Ray's start and stop, what a CI machine or lab node that keeps its cluster up pays per run
   E    matrix-run --cache, nothing changed
   LBw  A / slots + one container start: the work bound
 Also: a warm run of a one-test, one-cell matrix against a bare `docker run --rm IMAGE python -m pytest` of that
@@ -18,13 +21,27 @@ live view with 10,000 shards, and the median per-shard overhead against a bare `
 
 A, B, C0 and C run in the same images (dependency image + the project layer matrix-run builds), built before any
 timing starts and timed apart. Figures are ratios from this one run.
+
+--torch: torch cell images and the torch example (matrices/torch.yaml; its wheelhouses must be on this machine):
+  (a) cold builds (no layer, an empty package cache) of a first torch 2.13.0 (CPU) cell image and of a second cell
+      with the same torch and another small package: target second <= 0.25 x first. Also the first with
+      installer: pip (what the default is chosen by), and with uv over a warm package cache.
+  (b) the disk 4 cells over 2 torch versions (2.13.0+cpu, 2.14.1: 2 cells each, differing in one small package)
+      hold together: target <= 1.3 x the disk of one image per torch version (and what they would hold as one
+      layer each, the recipe before heavy layers). --skip-cuda-build measures (b) with torch 2.13.0 alone.
+  (c) the torch example's CPU cells (both torch versions), warm: A, B, C0, C and LBw as above: C <= 1.15 x LBw.
+The bench's images for (a) and (b) are built on a bench-only tag of the bookworm base (so nothing a run or a test
+built is reused) and removed at the end, with their package caches.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +64,14 @@ EXTRA = {
 
 def sh(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, text=True, capture_output=True, check=False, **kw)  # type: ignore[call-overload]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def fetch(sdist: str, work: Path) -> Path:
@@ -93,12 +118,12 @@ def write_matrix(work: Path, project: Path, name: str) -> Path:
     return path
 
 
-def prepare_images(matrix: Path) -> dict[str, str]:
+def prepare_images(matrix: Path, select: tuple[str, ...] = ()) -> dict[str, str]:
     """cell id -> the image matrix-run's shards start from (dependencies + project layer), built now."""
     sys.path.insert(0, str(ROOT))
     from runner import engine, images, plan
 
-    planned = plan.plan_matrix(str(matrix), [])
+    planned = plan.plan_matrix(str(matrix), list(select))
     client = engine.connect()
     specs = images.specs_for(planned.mf, planned.cells, client)
     out = {}
@@ -115,19 +140,31 @@ def prepare_images(matrix: Path) -> dict[str, str]:
     return out
 
 
-def docker_pytest(tag: str) -> float:
+def cell_envs(matrix: Path, select: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, str], ...]]:
+    """cell id -> the cell's tests.env, as matrix-run gives it to the containers."""
+    from runner import config
+    from runner import matrix as expand
+
+    return {cell.id: cell.env for cell in expand.expand(config.load(matrix), select)}
+
+
+def docker_pytest(tag: str, env: tuple[tuple[str, str], ...] = ()) -> float:
     started = time.monotonic()
-    proc = sh(["docker", "run", "--rm", tag, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    flags = [f"--env={k}={v}" for k, v in env]
+    proc = sh(["docker", "run", "--rm", *flags, tag, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
     if proc.returncode not in (0, 1):
         sys.exit(f"bench: direct pytest in {tag} failed: {proc.stdout[-800:]}{proc.stderr[-800:]}")
     return time.monotonic() - started
 
 
-def run_matrix(matrix: Path, out: Path, history: Path, *extra: str) -> tuple[float, dict]:  # type: ignore[type-arg]
+def run_matrix(
+    matrix: Path, out: Path, history: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[float, dict]:  # type: ignore[type-arg]
     started = time.monotonic()
     proc = sh(
         [PY, "-m", "runner.cli", "run", str(matrix), "--out", str(out), "--history", str(history), "--plain", *extra],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     took = time.monotonic() - started
     if proc.returncode not in (0, 1):  # 1: the suite has genuine failures (attrs on Debian's 3.11.2 does), as in A
@@ -288,30 +325,63 @@ def one_test_fixed_cost(work: Path) -> tuple[float, float]:
 
 def suite_figures(sdist: str, work: Path, slots: int) -> dict[str, float]:
     """A, B, the cold and warm matrix-run, --cache, and the bound LBw for one real suite."""
-    fig: dict[str, float] = {}
     project = fetch(sdist, work)
     matrix = write_matrix(work, project, sdist.split("==", maxsplit=1)[0])
     print(f"bench: {sdist} in {project}, {slots} slots; preparing images (timed apart)", flush=True)
+    return matrix_figures(matrix, work, slots)
+
+
+def matrix_figures(
+    matrix: Path, work: Path, slots: int, select: tuple[str, ...] = (), warm: bool = False
+) -> dict[str, float]:
+    """A, B, the cold and warm matrix-run, --cache, and the bound LBw for one matrix (its selected cells).
+
+    ``warm``: each cell's suite runs once, untimed, before A: multi-GB images (torch) are read from disk by the
+    first run after a build only, and that run would weigh on A alone.
+    """
+    fig: dict[str, float] = {}
     started = time.monotonic()
-    tags = prepare_images(matrix)
+    tags = prepare_images(matrix, select)
     fig["images_s"] = time.monotonic() - started
+    envs = cell_envs(matrix, select)
+    runs = [(tags[cid], envs[cid]) for cid in tags]
+    if warm:
+        print("bench: warming (each cell's suite once, untimed)", flush=True)
+        for tag, env in runs:
+            docker_pytest(tag, env)
 
     print("bench: A (cells one after another)", flush=True)
-    fig["A"] = sum(docker_pytest(tag) for tag in tags.values())
+    fig["A"] = sum(docker_pytest(tag, env) for tag, env in runs)
     print("bench: B (cells in parallel)", flush=True)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=slots) as pool:
-        list(pool.map(docker_pytest, tags.values()))
+        list(pool.map(lambda run: docker_pytest(*run), runs))
     fig["B"] = time.monotonic() - started
 
     history = work / "history.sqlite"
     history.unlink(missing_ok=True)
+    chosen = [f"--select={s}" for s in select]
     print("bench: C0 (matrix-run, cold history)", flush=True)
-    fig["C0"], _ = run_matrix(matrix, work / "out-c0", history)
+    fig["C0"], _ = run_matrix(matrix, work / "out-c0", history, *chosen)
     print("bench: C (matrix-run, warm history)", flush=True)
-    fig["C"], res = run_matrix(matrix, work / "out-c", history)
+    fig["C"], res = run_matrix(matrix, work / "out-c", history, *chosen)
+    print("bench: Ck (matrix-run on a kept local Ray: cluster up --workers 0)", flush=True)
+    state = {"MATRIX_RUN_STATE_DIR": str(work / "kept-cluster")}
+    cli = [PY, "-m", "runner.cli", "cluster"]
+    ports = [str(free_port()), str(free_port())]
+    up = sh(
+        [*cli, "up", "--workers", "0", "--port", ports[0], "--dashboard-port", ports[1]],
+        cwd=ROOT,
+        env={**os.environ, **state},
+    )
+    if up.returncode != 0:
+        sys.exit(f"bench: cluster up failed:\n{up.stdout[-2000:]}\n{up.stderr[-2000:]}")
+    try:
+        fig["Ck"], _ = run_matrix(matrix, work / "out-ck", history, *chosen, env=state)
+    finally:
+        sh([*cli, "down"], cwd=ROOT, env={**os.environ, **state})
     print("bench: E (matrix-run --cache, nothing changed)", flush=True)
-    fig["E"], res_e = run_matrix(matrix, work / "out-e", history, "--cache")
+    fig["E"], res_e = run_matrix(matrix, work / "out-e", history, "--cache", *chosen)
     passed = {c["id"] for c in res["cells"] if c["status"] == "passed"}
     assert all(c["status"] == "cached" for c in res_e["cells"] if c["id"] in passed), res_e["cells"]
     fig["tests_per_cell"] = res["cells"][0]["tests"]
@@ -346,6 +416,12 @@ def suite_rows(sdist: str, fig: dict[str, float], slots: int) -> list[tuple[str,
         ),
         ("   A / C", f"{a / c:.2f} x", "", f"target >= 1.6  {verdict(a / c >= 1.6)}"),
         ("   B / C", f"{b / c:.2f} x", "", f"target >= 1.2  {verdict(b / c >= 1.2)}"),
+        (
+            "Ck matrix-run on a kept local Ray",
+            f"{fig['Ck']:.1f} s",
+            f"{fig['Ck'] / lbw:.2f} x LBw",
+            f"A / Ck {a / fig['Ck']:.2f}, B / Ck {b / fig['Ck']:.2f} (cluster up --workers 0, joined)",
+        ),
         ("E  matrix-run --cache, unchanged", f"{fig['E']:.2f} s", "", ""),
         (
             "LBw = A / slots + one container start",
@@ -360,12 +436,217 @@ def suite_rows(sdist: str, fig: dict[str, float], slots: int) -> list[tuple[str,
 
 DEFAULT_SUITES = ("pygments==2.21.0", "attrs==25.4.0", "pyparsing==3.3.3")
 
+TORCH_MATRIX = ROOT / "matrices" / "torch.yaml"
+TORCH_BUILDS = ("2.13.0+cpu", "2.14.1")  # the CPU build of 2.13.0 (a 0.8 GB venv), the CUDA build of 2.14.1 (5.8 GB)
+SMALL = ("six", "tomli")  # what the cells that share a torch differ in
+TORCH_SCALE = 16  # the example's training tests, 16 times over, for (c): about a minute per cell, not 6 s
+
+
+def torch_specs(work: Path, base: str, installer: str, cache: Path, builds: tuple[str, ...], smalls: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """(torch build, small package) -> ImageSpec of a cell with both, on ``base``, as matrix-run makes it."""
+    import yaml
+
+    from runner import images, plan
+
+    wheelhouse = yaml.safe_load(TORCH_MATRIX.read_text())["image"]["wheelhouse"]
+    matrix = work / f"torch-{installer}-{base.rsplit(':', 1)[-1]}.yaml"
+    matrix.write_text(
+        yaml.safe_dump(
+            {
+                "name": "torchbench",
+                "project": str(TORCH_MATRIX.parent / yaml.safe_load(TORCH_MATRIX.read_text())["project"]),
+                "matrix": {"build": list(builds), "small": list(smalls)},
+                "image": {
+                    "base": base,
+                    "install": ["torch=={build}", "{small}"],
+                    "wheelhouse": wheelhouse,
+                    "installer": installer,
+                    "cache": str(cache),
+                },
+                "tests": {"install-project": False},
+            },
+            sort_keys=False,
+        )
+    )
+    planned = plan.plan_matrix(str(matrix), [])
+    specs = images.specs_for(planned.mf, planned.cells)
+    return {(c.axes["build"], c.axes["small"]): specs[c.id] for c in planned.cells}
+
+
+def torch_build_figures(work: Path, cuda_build: bool) -> dict[str, float]:
+    """(a) cold builds of torch cell images, with uv and with pip; (b) the disk 4 cells over 2 torch versions hold."""
+    sys.path.insert(0, str(ROOT))
+    from runner import engine, images
+
+    client = engine.connect()
+    work.mkdir(parents=True, exist_ok=True)
+    run = secrets.token_hex(4)
+    bases: list[str] = []
+    made: list[str] = []
+    caches: list[Path] = []
+
+    def base(name: str) -> str:
+        """A bench-only tag of the bookworm base: every layer above it is cold."""
+        repo, tag = "matrix-run/bench-base", f"{name}-{run}"
+        client.images.get("matrix-run/debian:bookworm").tag(repo, tag)
+        bases.append(f"{repo}:{tag}")
+        return f"{repo}:{tag}"
+
+    def cache(name: str) -> Path:
+        path = work / f"cache-{name}-{run}"
+        caches.append(path)
+        return path
+
+    def build(spec, what: str) -> float:  # type: ignore[no-untyped-def]
+        print(f"bench: building {what}", flush=True)
+        started = time.monotonic()
+        _, built = images.ensure(client, spec, log=work / "torch-images" / f"{what.replace(' ', '_')}.log")
+        took = time.monotonic() - started
+        assert built, what
+        made.extend(t for t in (spec.tag, spec.heavy_tag) if t and t not in made)
+        print(f"bench:   {took:.1f} s", flush=True)
+        return took
+
+    fig: dict[str, float] = {}
+    builds = TORCH_BUILDS if cuda_build else TORCH_BUILDS[:1]
+    try:
+        uv = torch_specs(work, base("uv"), "uv", cache("uv"), builds, SMALL)
+        fig["a_first_s"] = build(uv[builds[0], SMALL[0]], f"torch {builds[0]} + {SMALL[0]}, uv, cold")
+        fig["a_second_s"] = build(uv[builds[0], SMALL[1]], f"torch {builds[0]} + {SMALL[1]}, uv, same torch")
+        pip = torch_specs(work, base("pip"), "pip", cache("pip"), builds[:1], SMALL[:1])
+        fig["a_first_pip_s"] = build(pip[builds[0], SMALL[0]], f"torch {builds[0]} + {SMALL[0]}, pip, cold")
+        pip.update(torch_specs(work, bases[-1], "pip", caches[-1], builds[:1], SMALL[1:2]))
+        fig["a_second_pip_s"] = build(pip[builds[0], SMALL[1]], f"torch {builds[0]} + {SMALL[1]}, pip, same torch")
+        warm = torch_specs(work, base("uvwarm"), "uv", caches[0], builds[:1], SMALL[:1])
+        fig["a_first_warm_cache_s"] = build(
+            warm[builds[0], SMALL[0]], f"torch {builds[0]} + {SMALL[0]}, uv, warm cache"
+        )
+        for other in builds[1:]:
+            fig["b_first_other_s"] = build(uv[other, SMALL[0]], f"torch {other} + {SMALL[0]}, uv, cold layers")
+            fig["b_second_other_s"] = build(uv[other, SMALL[1]], f"torch {other} + {SMALL[1]}, uv, same torch")
+        cells = {uv[key].tag: [f"{key[0]}+{key[1]}"] for key in uv}
+        every = images.disk_usage(client, cells)
+        one_each = images.disk_usage(client, {uv[b, SMALL[0]].tag: [b] for b in builds})
+        base_size = int(client.images.get("matrix-run/debian:bookworm").attrs["Size"])
+        fig["b_cells"] = len(cells)
+        fig["b_disk_bytes"] = every.disk
+        fig["b_one_per_torch_bytes"] = one_each.disk
+        fig["b_size_sum_bytes"] = every.sizes
+        fig["b_one_layer_bytes"] = base_size + sum(i.size - base_size for i in every.images)  # no heavy layers
+        fig["images"] = [dataclasses.asdict(i) for i in every.images]  # type: ignore[assignment]
+    finally:
+        for tag in reversed(made):
+            for layer in client.images.list(filters={"label": f"matrix-run.env={tag}"}):
+                sh(["docker", "rmi", "-f", layer.id])
+            sh(["docker", "rmi", tag])
+        for tag in bases:
+            sh(["docker", "rmi", tag])
+        for path in caches:
+            shutil.rmtree(path, ignore_errors=True)
+    return fig
+
+
+EXAMPLE = f"(c) torch example, CPU cells, shards: auto, TORCHSAMPLE_SCALE={TORCH_SCALE}"
+
+
+def torch_rows(fig: dict[str, float], ex: dict[str, float], slots: int) -> list[tuple[str, str, str, str]]:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    if not fig:
+        return suite_rows(EXAMPLE, ex, slots)
+    first, second = fig["a_first_s"], fig["a_second_s"]
+    disk, two = fig["b_disk_bytes"], fig["b_one_per_torch_bytes"]
+    versions = "2 torch versions" if "b_first_other_s" in fig else "1 torch version (--skip-cuda-build)"
+    rows = [
+        ("torch cell images (bench-only base, cold layers)", "", "", ""),
+        ("(a) first cell, torch 2.13.0+cpu + six, uv", f"{first:.1f} s", "empty package cache", ""),
+        (
+            "    second cell, same torch + tomli, uv",
+            f"{second:.1f} s",
+            f"{second / first:.2f} x first",
+            f"target <= 0.25 x first  {verdict(second <= 0.25 * first)}",
+        ),
+        (
+            "    first cell with installer: pip",
+            f"{fig['a_first_pip_s']:.1f} s",
+            f"{fig['a_first_pip_s'] / first:.2f} x uv",
+            "",
+        ),
+        (
+            "    second cell with installer: pip",
+            f"{fig['a_second_pip_s']:.1f} s",
+            f"{fig['a_second_pip_s'] / second:.2f} x uv",
+            "",
+        ),
+        (
+            "    first cell, uv, warm package cache",
+            f"{fig['a_first_warm_cache_s']:.1f} s",
+            f"{fig['a_first_warm_cache_s'] / first:.2f} x cold",
+            "",
+        ),
+    ]
+    if "b_first_other_s" in fig:
+        rows += [
+            ("    torch 2.14.1 (CUDA build) + six, uv", f"{fig['b_first_other_s']:.1f} s", "", ""),
+            (
+                "    torch 2.14.1 + tomli, uv",
+                f"{fig['b_second_other_s']:.1f} s",
+                f"{fig['b_second_other_s'] / fig['b_first_other_s']:.2f} x",
+                "",
+            ),
+        ]
+    rows += [
+        (
+            f"(b) disk of {fig['b_cells']:.0f} cells over {versions}",
+            f"{disk / 1e9:.2f} GB",
+            f"{disk / two:.2f} x one image per torch",
+            f"target <= 1.3  {verdict(disk <= 1.3 * two)}; one per torch {two / 1e9:.2f} GB, sizes add up to "
+            f"{fig['b_size_sum_bytes'] / 1e9:.2f} GB, one layer each (no heavy layers) "
+            f"{fig['b_one_layer_bytes'] / 1e9:.2f} GB",
+        ),
+    ]
+    if ex:
+        rows += [("", "", "", ""), *suite_rows(EXAMPLE, ex, slots)]
+    return rows
+
+
+def torch_example_matrix(work: Path) -> Path:
+    """matrices/torch.yaml as the bench runs it: shards: auto (as the real suites), the suite at TORCH_SCALE."""
+    import yaml
+
+    data = yaml.safe_load(TORCH_MATRIX.read_text())
+    data["project"] = str((TORCH_MATRIX.parent / data["project"]).resolve())
+    data["tests"]["shards"] = "auto"
+    data["tests"]["env"]["TORCHSAMPLE_SCALE"] = str(TORCH_SCALE)
+    path = work / "torch-example.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def torch_figures(
+    work: Path, slots: int, cuda_build: bool, builds_too: bool = True
+) -> tuple[dict[str, object], list[tuple[str, str, str, str]]]:
+    work.mkdir(parents=True, exist_ok=True)
+    builds = torch_build_figures(work / "builds", cuda_build) if builds_too else {}
+    select = ("hardware=cpu",) if cuda_build else ("hardware=cpu", "torch=2.13.0")
+    (work / "example").mkdir(parents=True, exist_ok=True)
+    matrix = torch_example_matrix(work / "example")
+    print(f"bench: torch example {' '.join(select)}, {slots} slots; preparing images (timed apart)", flush=True)
+    example = matrix_figures(matrix, work / "example", slots, select, warm=True)
+    return {"builds": builds, "example": example}, torch_rows(builds, example, slots)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sdist", action="append", help=f"a PyPI sdist to measure (default: {DEFAULT_SUITES})")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "matrix-run-bench"))
     parser.add_argument("--skip-suite", action="store_true", help="only the coordinator and overhead figures")
+    parser.add_argument("--torch", action="store_true", help="only the torch figures (matrices/torch.yaml)")
+    parser.add_argument(
+        "--skip-cuda-build", action="store_true", help="--torch without torch 2.14.1's 5.8 GB CUDA build"
+    )
+    parser.add_argument("--skip-builds", action="store_true", help="--torch: only the torch example's figures (c)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     work = Path(args.work)
@@ -373,6 +654,16 @@ def main() -> int:
     slots = os.cpu_count() or 1
     fig: dict[str, object] = {}
     rows: list[tuple[str, str, str, str]] = []
+
+    if args.torch:
+        fig, rows = torch_figures(work / "torch", slots, not args.skip_cuda_build, not args.skip_builds)
+        width = max(len(r[0]) for r in rows)
+        print()
+        for r in rows:
+            print(f"{r[0]:<{width}}  {r[1]:>10}  {r[2]:<28} {r[3]}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(fig, indent=2))
+        return 0
 
     if not args.skip_suite:
         for sdist in args.sdist or DEFAULT_SUITES:

@@ -102,11 +102,23 @@ class TwoNodeRay:
     temp dirs) instead of `ray stop --force`, which would also stop any other Ray on the machine.
     """
 
-    def __init__(self, head: tuple[str, ...] = ("--num-cpus=1",), worker: tuple[str, ...] = ("--num-cpus=1",)) -> None:
+    def __init__(
+        self,
+        head: tuple[str, ...] = ("--num-cpus=1",),
+        worker: tuple[str, ...] = ("--num-cpus=1",),
+        worker_env: dict[str, str] | None = None,
+        more_workers: tuple[tuple[tuple[str, ...], dict[str, str]], ...] = (),
+    ) -> None:
+        """``worker_env``: extra environment of the worker node (DOCKER_HOST for an engine of its own);
+        ``more_workers``: (args, env) of further worker nodes, named worker2, worker3, ..."""
         self.head_args, self.worker_args = head, worker
+        self.workers: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {"worker": (worker, worker_env or {})}
+        for i, (args, env) in enumerate(more_workers, start=2):
+            self.workers[f"worker{i}"] = (args, env)
         # short: Ray's unix socket paths under the temp dir must stay below 108 bytes
         self.root = Path(tempfile.mkdtemp(prefix="mrr-", dir="/tmp"))
         self.port = _free_port()
+        self.client_port = _free_port()  # Ray's client server (ray[default] starts one on the head)
         self.address = f"127.0.0.1:{self.port}"
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -121,10 +133,10 @@ class TwoNodeRay:
             "--disable-usage-stats",
         ]
 
-    def _start(self, *args: str) -> None:
+    def _start(self, *args: str, env: dict[str, str] | None = None) -> None:
         proc = subprocess.run(
             [str(RAY), "start", *args, *self._ports()],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=120,
@@ -140,16 +152,23 @@ class TwoNodeRay:
             f"--temp-dir={self.root / 'head'}",
             "--include-dashboard=false",
             f"--dashboard-port={_free_port()}",
+            f"--ray-client-server-port={self.client_port}",
         )
-        self._start(f"--address={self.address}", *self.worker_args, f"--temp-dir={self.root / 'worker'}")
+        for name, (args, env) in self.workers.items():
+            self._start(f"--address={self.address}", *args, f"--temp-dir={self.root / name}", env=env)
 
     def processes(self, node: str) -> list[psutil.Process]:
         """The node's processes (found by its temp dir) and all their descendants (Ray workers)."""
         marker = str(self.root / node)
+        client = f"--port={self.client_port}"  # the head's client server names no temp dir, but its own port
         roots = []
         for p in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error):
-                if any(marker in a for a in p.info["cmdline"] or []):
+                cmdline = p.info["cmdline"] or []
+                # "worker" must not match "worker2": the temp dir is a whole path segment
+                mine = any(marker + "/" in a or a.endswith(marker) for a in cmdline)
+                server = node == "head" and client in cmdline and any("client.server" in a for a in cmdline)
+                if mine or server:
                     roots.append(p)
         found = {p.pid: p for p in roots}
         for p in roots:
@@ -175,7 +194,20 @@ class TwoNodeRay:
         psutil.wait_procs(procs, timeout=10)
         return len(procs)
 
+    def kill_raylet(self, node: str) -> int:
+        """SIGKILL only the node's raylet, as when it crashes while the host stays up; returns its pid."""
+        raylet = next(p for p in self.processes(node) if p.name() == "raylet")
+        raylet.kill()
+        raylet.wait(timeout=10)
+        return raylet.pid
+
+    def restart(self, node: str) -> None:
+        """Start a worker node again (after ``kill`` or ``kill_raylet``), with the same arguments."""
+        self.kill(node)
+        args, env = self.workers[node]
+        self._start(f"--address={self.address}", *args, f"--temp-dir={self.root / node}", env=env)
+
     def stop(self) -> None:
-        for node in ("worker", "head"):
+        for node in (*self.workers, "head"):
             self.kill(node)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -49,14 +49,16 @@ class FakeTransport:
         self.script = script
         self.auto = auto
         self.submitted: list[ShardRequest] = []
+        self.sent_to: list[str] = []  # the node the scheduler chose for each submission
         self.running: dict[int, ShardRequest] = {}
         self.done: list[tuple[int, ShardOutcome | None, str]] = []
         self.cancelled: list[ShardRequest] = []
         self.most_at_once = 0
 
-    def submit(self, request: ShardRequest, avoid_node: str = "") -> Any:
+    def submit(self, request: ShardRequest, avoid_node: str = "", node: str = "") -> Any:
         handle = len(self.submitted)
         self.submitted.append(request)
+        self.sent_to.append(node)
         self.running[handle] = request
         self.most_at_once = max(self.most_at_once, len(self.running))
         return handle
@@ -354,3 +356,51 @@ def test_a_quarantined_failure_never_sets_off_fail_fast() -> None:
     drive(sched, ["a", "b"])
     assert sched.fail_fast_by == "b"  # a's failure is held; b's is not, and it is the one that fired
     assert sched.cell_result("a").status is Status.FAILED  # quarantine.apply decides the reported status later
+
+
+def test_a_cell_ready_on_some_nodes_runs_only_there_until_more_are_ready() -> None:
+    nodes = [Node("a1", cpus=1), Node("b1", cpus=1)]
+    transport = FakeTransport(nodes, passing, auto=False)
+    sched, _ = make([cell("a")], {"a": [1.0] * 4}, transport)
+    sched.check_capacity()
+    sched.ready("a", "a1")
+    sched.step(timeout=0)
+    sched.step(timeout=0)
+    # b1 has room but not the image: one shard at a time, on a1
+    assert transport.sent_to == ["a1"]
+    sched.ready("a", "b1")
+    sched.step(timeout=0)
+    assert transport.sent_to == ["a1", "b1"]
+    transport.auto = True
+    for _ in range(20):
+        if sched.finished:
+            break
+        sched.step(timeout=0)
+    assert sched.cell_result("a").status is Status.PASSED
+    assert set(transport.sent_to) == {"a1", "b1"}
+
+
+def test_when_no_node_holding_the_image_is_alive_any_eligible_node_serves() -> None:
+    transport = FakeTransport([Node("b1", cpus=1)], passing)
+    sched, _ = make([cell("a")], {"a": [1.0, 1.0]}, transport)
+    sched.check_capacity()
+    sched.ready("a", "gone")  # ready on a node that has left the cluster since
+    for _ in range(20):
+        if sched.finished:
+            break
+        sched.step(timeout=0)
+    assert transport.sent_to == ["b1", "b1"]
+    assert sched.cell_result("a").status is Status.PASSED
+
+
+def test_an_infra_rerun_goes_to_another_node_when_there_is_one() -> None:
+    def script(req: ShardRequest) -> ShardOutcome:
+        out = passing(req)
+        if req.attempt == 1:
+            return ShardOutcome(req.cell_id, req.shard, 1, None, infra_error="docker: gone", node_id="n1")
+        return out
+
+    transport = FakeTransport([Node("n1", cpus=1), Node("n2", cpus=1)], script)
+    sched, _ = make([cell("a")], {"a": [1.0]}, transport, infra_retries=1)
+    drive(sched, ["a"])
+    assert transport.sent_to == ["n1", "n2"]
