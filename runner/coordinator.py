@@ -336,7 +336,9 @@ class Coordinator:
         if len(nodes) <= 1 or not cells:
             return
         started = time.monotonic()
-        held = {n.node_id: n.tags for n in transport.inventory()}
+        found = transport.inventory()
+        held = {n.node_id: n.tags for n in found}
+        hosts = {n.node_id: n.hostname for n in found}
         requests = {cid: sched.prototypes[cid] for cid in cells}
         sources = {
             cid: images.source_layer_tag(
@@ -356,7 +358,7 @@ class Coordinator:
             self.targets[cid] = [n for n in plan.targets[cid] if n != self.here]
             for node in plan.ready[cid] - {self.here}:
                 sched.ready(cid, node)
-                self._record(cid, node, "present", 0.0)
+                self._record(cid, node, "present", 0.0, hosts.get(node, ""))
             for node in self.targets[cid]:
                 if node in plan.ready[cid]:
                     continue
