@@ -83,7 +83,7 @@ def print_placement(cells: Sequence[matrix.Cell], address: str | None) -> None:
             print(f"  {cell.id} ({cell.executor}{runs_on}): on {', '.join(n.node_id[:12] for n in fits)}")
 
 
-def _container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
+def container_env(mf: config.MatrixFile, extra: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """Host variables for the containers: tests.pass-env and --env (tests.env is per cell, see Cell.env)."""
     env: dict[str, str] = {}
     for name in mf.tests.pass_env:
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_placement(planned.cells, args.address)
         return ExitCode.OK
     mf = planned.mf
-    env = _container_env(mf, args.env)
+    env = container_env(mf, args.env)
     run_id = f"{mf.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_folder = outdir.claim(Path(args.out or Path(".matrix-run") / mf.name), run_id, force=args.force)
     # the docker executor needs this machine's engine (to check bases and build images); host cells do not

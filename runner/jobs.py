@@ -221,18 +221,10 @@ def _working_dir(args: argparse.Namespace, mf: Any, argv: Sequence[str]) -> tupl
             name = f"quarantine-{i}.yaml"
             shutil.copyfile(qfile, job / name)
             extra += ["--quarantine", f"{JOB_DIR}/{name}"]
-        env: dict[str, str] = {}
-        for name in mf.tests.pass_env:
-            if name in os.environ:
-                env[name] = os.environ[name]
-        for item in args.env:
-            key, sep, value = item.partition("=")
-            if not sep:
-                if key not in os.environ:
-                    raise UserError(f"--env {key}: not set on this host; write --env NAME=VALUE or export it")
-                value = os.environ[key]
-            env[key] = value
-            extra += ["--env", key]
+        from runner.cli import container_env
+
+        env = dict(container_env(mf, args.env))  # the values travel in env.json, only the names on the command line
+        extra += [a for item in args.env for a in ("--env", item.partition("=")[0])]
         fd = os.open(job / "env.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(env, fh)

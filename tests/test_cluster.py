@@ -80,6 +80,7 @@ def _node_ids(address: str) -> dict[str, dict[str, float]]:
         text=True,
         check=True,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        timeout=120,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

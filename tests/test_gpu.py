@@ -41,6 +41,7 @@ from runner.matrix import Resources
 from runner.results import Status
 from runner.scheduler import Node, eligible, may_take, why_unservable
 from tests.conftest import BASE, ROOT, TwoNodeRay, results, run_cli, write_matrix
+from tests.test_cluster import _node_ids
 from tests.test_scheduler import FakeTransport, cell, drive, make
 
 MiB = 1024**2
@@ -446,22 +447,6 @@ class Inspector:
             self.client.close()
 
 
-def _resources_by_node(address: str) -> dict[str, dict[str, float]]:
-    code = (
-        "import json, ray; ray.init(address=%r); "
-        "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code % address],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        timeout=120,
-    )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _records(out: Path) -> list[dict[str, Any]]:
     recs = []
     for log in sorted((out / "logs").rglob("*.log")):
@@ -518,7 +503,7 @@ def test_gpu_shards_get_exactly_their_gpus_on_a_simulated_gpu_node(tmp_path: Pat
         )
         try:
             ray_cluster.start()
-            by_node = _resources_by_node(ray_cluster.address)
+            by_node = _node_ids(ray_cluster.address)
             h100 = next(n for n, r in by_node.items() if "accelerator_type:H100" in r)
             t4 = next(n for n, r in by_node.items() if "accelerator_type:T4" in r)
             out = tmp_path / "out"
