@@ -178,6 +178,7 @@ def test_every_node_gets_the_image_before_its_shards_and_no_shard_builds(
     assert proc.returncode == 0, proc.stdout[-4000:]
     again = results(out2)
     assert {r["how"] for r in again["image_nodes"]} == {"present"}, again["image_nodes"]
+    assert all(r["node"] for r in again["image_nodes"]), again["image_nodes"]  # each named by its host
 
 
 def _registry() -> tuple[subprocess.Popen[bytes], int, Path]:
