@@ -47,21 +47,11 @@ def print_plan(planned: plan.Planned) -> None:
             )
 
 
-def cluster_address(address: str | None) -> str | None:
-    """The cluster a run joins: --address, else RAY_ADDRESS, else the one `matrix-run cluster up` recorded here
-    while it runs; None for an embedded local Ray (also --address local)."""
-    from runner import local_cluster
-
-    if address == "local":
-        return None
-    return address or os.environ.get("RAY_ADDRESS") or local_cluster.running_address()
-
-
 def print_placement(cells: Sequence[matrix.Cell], address: str | None) -> None:
     """Where each cell can run on the cluster the run would join: its nodes by label, GPUs, executor."""
     from runner import cluster, scheduler
 
-    address = cluster_address(address)
+    address = cluster.resolve_address(address)
     if address:
         cluster.connect(address)
         nodes, where = cluster.alive_nodes(), f"the Ray cluster at {address}"
@@ -118,11 +108,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     history = _history(args)
     joined = None
     slots = None
-    address = None if args.dry_run else cluster_address(args.address)
-    if address:
-        # shards: auto sizes for the cluster the run is on: ask it before planning
+    address = None
+    if not args.dry_run:
         from runner import cluster
 
+        address = cluster.resolve_address(args.address)
+    if address:
+        # shards: auto sizes for the cluster the run is on: ask it before planning
         joined = cluster.connect(address)
         slots = cluster.slots_for(cluster.capacity(), config.load(args.matrix), args.max_parallel)
     planned = plan.plan_matrix(args.matrix, args.select, args.shards, history, args.max_parallel, slots=slots)

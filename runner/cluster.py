@@ -119,6 +119,18 @@ def local_node() -> Node:
     )
 
 
+def resolve_address(address: str | None) -> str | None:
+    """The cluster a run joins: ``address`` (--address), else RAY_ADDRESS, else the one that `matrix-run cluster up`
+    (or ``join``) recorded here while it runs (its token then this process's); None for an embedded local Ray
+    (also ``local``)."""
+    from runner import local_cluster
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        return None
+    return address or local_cluster.running_address()
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     """Join ``address`` (or RAY_ADDRESS), else the cluster that ``matrix-run cluster up`` (or ``join``) recorded on
     this machine while it runs, else start an embedded local Ray; quiet, no dashboard. ``local`` forces the
@@ -128,13 +140,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     from runner import local_cluster
 
     global _remote_task, _remote_cleanup, _remote_sweep
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address == "local":
-        address = None
-    elif address is None:
-        address = local_cluster.running_address()
-    elif token_path := local_cluster.token_for(address):  # the recorded cluster, named by its address
-        local_cluster.use_token(token_path)
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    address = resolve_address(given)
+    if address is not None and address == given and (token_path := local_cluster.token_for(address)):
+        local_cluster.use_token(token_path)  # the recorded cluster, named by its address
     if address:
         _check_reachable(address)
     kwargs: dict[str, Any] = {

@@ -131,23 +131,19 @@ def why_unservable(nodes: list[Node], request: ShardRequest) -> str:
     if not nodes:
         return "no alive node"
     if request.runs_on:
-        labelled = [n for n in nodes if request.runs_on in n.labels]
-        if not labelled:
-            have = sorted({label for n in nodes for label in n.labels}) or ["none"]
+        nodes, have = _narrow(nodes, request.runs_on, lambda n: n.labels)
+        if not nodes:
             return (
                 f"no node has the label {request.runs_on!r} (runs-on; a node advertises it as the Ray resource "
-                f"'{LABEL_RESOURCE}{request.runs_on}'); labels on this cluster: {', '.join(have)}"
+                f"'{LABEL_RESOURCE}{request.runs_on}'); labels on this cluster: {have}"
             )
-        nodes = labelled
     if res.gpu_type:
-        typed = [n for n in nodes if res.gpu_type in n.gpu_types]
-        if not typed:
-            have = sorted({t for n in nodes for t in n.gpu_types}) or ["none"]
+        nodes, have = _narrow(nodes, res.gpu_type, lambda n: n.gpu_types)
+        if not nodes:
             return (
                 f"no node has GPUs of type {res.gpu_type!r} (resources.gpu-type; Ray advertises a node's GPU type "
-                f"as the resource '{GPU_TYPE_RESOURCE}{res.gpu_type}'); GPU types on this cluster: {', '.join(have)}"
+                f"as the resource '{GPU_TYPE_RESOURCE}{res.gpu_type}'); GPU types on this cluster: {have}"
             )
-        nodes = typed
     if res.gpus:
         most = max(n.gpus for n in nodes)
         if most + 1e-9 < res.gpus:
@@ -156,6 +152,12 @@ def why_unservable(nodes: list[Node], request: ShardRequest) -> str:
         return "no node has a Docker engine that answers (the docker executor needs one; executor: host needs none)"
     most_cpus = max(n.cpus for n in nodes)
     return f"needs {res.cpus:g} CPU(s) per shard; the most any node offers is {most_cpus:g}"
+
+
+def _narrow(nodes: list[Node], want: str, tags: Callable[[Node], frozenset[str]]) -> tuple[list[Node], str]:
+    """The nodes whose ``tags`` hold ``want``; when none does, also what the nodes hold instead (joined)."""
+    having = [n for n in nodes if want in tags(n)]
+    return having, "" if having else ", ".join(sorted({t for n in nodes for t in tags(n)}) or ["none"])
 
 
 def _with_room(options: list[Node], free: dict[str, list[float]], request: ShardRequest) -> Node | None:

@@ -637,6 +637,17 @@ def torch_figures(
     return {"builds": builds, "example": example}, torch_rows(builds, example, slots)
 
 
+def report(rows: list[tuple[str, str, str, str]], fig: dict[str, object], json_path: str | None) -> int:
+    """The figures as a table on stdout, and as JSON into ``json_path`` when given."""
+    width = max(len(r[0]) for r in rows)
+    print()
+    for r in rows:
+        print(f"{r[0]:<{width}}  {r[1]:>10}  {r[2]:<28} {r[3]}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(fig, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sdist", action="append", help=f"a PyPI sdist to measure (default: {DEFAULT_SUITES})")
@@ -657,13 +668,7 @@ def main() -> int:
 
     if args.torch:
         fig, rows = torch_figures(work / "torch", slots, not args.skip_cuda_build, not args.skip_builds)
-        width = max(len(r[0]) for r in rows)
-        print()
-        for r in rows:
-            print(f"{r[0]:<{width}}  {r[1]:>10}  {r[2]:<28} {r[3]}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(fig, indent=2))
-        return 0
+        return report(rows, fig, args.json)
 
     if not args.skip_suite:
         for sdist in args.sdist or DEFAULT_SUITES:
@@ -726,13 +731,7 @@ def main() -> int:
             f"diff {overhead - bare:+.2f} s, target <= +0.5 s",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    for r in rows:
-        print(f"{r[0]:<{width}}  {r[1]:>10}  {r[2]:<28} {r[3]}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2))
-    return 0
+    return report(rows, fig, args.json)
 
 
 if __name__ == "__main__":

@@ -79,10 +79,11 @@ host_run() {  # MATRIX IDS: one matrix's host cells through the host executor, p
     ${OUT:+--out "$OUT"} 2>&1 | tee "$log"
   return "${PIPESTATUS[0]}"
 }
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }  # seconds since $1, 0.1 s
 started=$(date +%s.%N)
 host_run "$ROOT/tests/projects/gpucheck/matrix.yaml" "$GPUS"
 code=$?
-wall=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+wall=$(since "$started")
 summary="$(grep '^host-run: cell ' "$log" | tail -n 1)"
 # a skipped cross-check (no nvidia-smi, an older torch) leaves the GPU tests themselves standing
 skipped="$(grep '^host-run:   skipped ' "$log" | grep -vc '(cross-check only)')"
@@ -106,11 +107,11 @@ say "gpucheck OK in $wall s: ${summary#host-run: }"
 sample_started=$(date +%s.%N)
 host_run "$ROOT/tests/projects/gpucheck/torchsample.yaml" "${GPUS%%,*}"
 code=$?
-sample_wall=$(awk -v a="$sample_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+sample_wall=$(since "$sample_started")
 sample="$(grep '^host-run: cell ' "$log" | tail -n 1)"
 if [ "$code" -ne 0 ] || [ "$(grep -c '^host-run:   skipped ' "$log")" -gt 0 ]; then
   say "FAILED (exit $code) in $sample_wall s: the torch sample's GPU tests: ${sample:-no cell reported}"
   [ "$code" -le 1 ] && exit 1 || exit 3
 fi
-total=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+total=$(since "$started")
 say "OK in $total s: gpucheck: ${summary#host-run: }; the torch sample's GPU tests: ${sample#host-run: }"

@@ -70,9 +70,15 @@ def find_interpreter(name: str) -> str | None:
     found = name if os.sep in name else shutil.which(name)
     if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
         return None
+    real = _ask(found, "import sys; print(sys.executable)")
+    return real if real and os.path.isfile(real) else None
+
+
+def _ask(interpreter: str, code: str) -> str | None:
+    """What ``code`` prints under ``interpreter`` (isolated mode, from the workspace's home); None when it fails."""
     try:
         proc = subprocess.run(
-            [found, "-I", "-c", "import sys; print(sys.executable)"],
+            [interpreter, "-I", "-c", code],
             capture_output=True,
             text=True,
             timeout=60,
@@ -81,8 +87,7 @@ def find_interpreter(name: str) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    real = proc.stdout.strip()
-    return real if proc.returncode == 0 and real and os.path.isfile(real) else None
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 @contextlib.contextmanager
@@ -152,16 +157,9 @@ def env_key(spec: ImageSpec, interpreter: str, inherit: tuple[str, ...] = ()) ->
 def site_folders(interpreter: str) -> tuple[str, ...]:
     """The interpreter's own site-packages folders (a virtual environment's or conda's own, not its base's): what
     an environment that inherits its packages sees after its own."""
-    proc = subprocess.run(
-        [interpreter, "-I", "-c", "import json, site; print(json.dumps(site.getsitepackages()))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=workspace.subdir("home"),
-        check=False,
-    )
+    printed = _ask(interpreter, "import json, site; print(json.dumps(site.getsitepackages()))")
     try:
-        found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+        found = json.loads(printed.splitlines()[-1]) if printed else []
     except (ValueError, IndexError):
         found = []
     return tuple(str(p) for p in found if isinstance(p, str) and os.path.isdir(p))
