@@ -6,12 +6,10 @@ This is the only place that prints user errors and picks exit codes.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import secrets
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -52,11 +50,11 @@ def print_placement(cells: Sequence[matrix.Cell], address: str | None) -> None:
     from runner import cluster, scheduler
 
     address = cluster.resolve_address(address)
-    if address:
+    if address and address != cluster.EMBEDDED:
         cluster.connect(address)
         nodes, where = cluster.alive_nodes(), f"the Ray cluster at {address}"
     else:
-        nodes, where = [cluster.local_node()], "an embedded local Ray (this machine)"
+        nodes, where = [cluster.local_node()], "this machine (no cluster)"
     print(f"placement on {where}: {len(nodes)} node(s)")
     for node in nodes:
         labels = ", ".join(sorted(node.labels)) or "none"
@@ -102,9 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         from runner import jobs
 
         return jobs.submit_run(args, getattr(args, "raw_argv", sys.argv[1:]), build_parser())
-    if not args.dry_run:
-        # importing Ray takes about 2 s: do it while the matrix is planned and the images are checked
-        threading.Thread(target=importlib.import_module, args=("ray",), daemon=True).start()
     history = _history(args)
     joined = None
     slots = None
@@ -139,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = coordinator.RunOptions(
         run_id=run_id,
         out=out_folder.path,
-        address=address or "local",  # resolved above: a recorded cluster is not looked up twice
+        address=address,  # resolved above, so a recorded cluster is not looked up twice; None: this machine alone
         max_parallel=args.max_parallel if args.max_parallel is not None else mf.strategy.max_parallel,
         fail_fast=mf.strategy.fail_fast if args.fail_fast is None else args.fail_fast,
         flaky_retries=mf.retries.flaky if args.retries is None else args.retries,
@@ -384,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("matrix", help="the matrix file (YAML)")
     run.add_argument("--out", help="output folder (default .matrix-run/NAME)")
     run.add_argument("--select", action="append", default=[], metavar="AXIS=VALUE", help="run only matching cells")
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS, else the cluster up's, else this machine without Ray); "
+        "'local': this machine without Ray; 'embedded': a Ray of the run's own on this machine",
+    )
     run.add_argument("--max-parallel", type=int, help="shards running at once (default: strategy.max-parallel)")
     run.add_argument("--shards", type=int, help="override tests.shards")
     run.add_argument("--retries", type=int, help="override retries.flaky")

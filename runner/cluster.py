@@ -1,7 +1,10 @@
 """Ray, the transport: connect to a cluster or start an embedded one, place shard requests on nodes, and hand
 their outcomes back in completion order (``RayTransport``, the scheduler's ``Transport``).
 
-The embedded local Ray is just a cluster of one node: local and distributed runs take the same path.
+The scheduler, requests, executors and outcomes are the same with or without Ray: a run that joins no cluster
+drives this machine alone (machine.py, no Ray to start); ``--address embedded`` starts an embedded Ray, a
+cluster of one node.
+
 Node and worker loss are retried by Ray itself (``max_retries``); test failures come back as data. A node
 advertises a label L (``runs-on: L`` in a matrix) as the custom resource ``runs-on:L``; each shard of such a cell
 asks for a sliver of it, so Ray places it on a labelled node only.
@@ -98,31 +101,20 @@ _remote_cleanup: Any = None
 _remote_sweep: Any = None
 
 
-def local_labels() -> dict[str, float]:
-    """The labels an embedded Ray's node advertises: this machine's platform (linux, macos, windows) and those in
-    MATRIX_RUN_LABELS (comma-separated), as ``runs-on:L`` resources."""
-    import platform
-
-    names = {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
-    labels = [names, *(x.strip() for x in os.environ.get("MATRIX_RUN_LABELS", "").split(","))]
-    return {f"{LABEL_RESOURCE}{label}": 1000.0 for label in labels if label}
-
-
 def local_node() -> Node:
-    """This machine as the one node an embedded Ray would make (without starting it): for --dry-run."""
-    return Node(
-        "local",
-        float(os.cpu_count() or 1),
-        0.0,
-        frozenset(k[len(LABEL_RESOURCE) :] for k in local_labels()),
-        engine_answers(),
-    )
+    """This machine as the one node a run without a cluster has (machine.py), without asking Ray: for --dry-run."""
+    from runner import machine
+
+    return machine.this_node(engine_answers())
+
+
+EMBEDDED = "embedded"  # --address embedded: an embedded Ray of the run's own on this machine
 
 
 def resolve_address(address: str | None) -> str | None:
     """The cluster a run joins: ``address`` (--address), else RAY_ADDRESS, else the one that `matrix-run cluster up`
-    (or ``join``) recorded here while it runs (its token then this process's); None for an embedded local Ray
-    (also ``local``)."""
+    (or ``join``) recorded here while it runs (its token then this process's); ``embedded`` for a Ray started by
+    the run; None for this machine without Ray (also ``local``)."""
     from runner import local_cluster
 
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -133,15 +125,17 @@ def resolve_address(address: str | None) -> str | None:
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
     """Join ``address`` (or RAY_ADDRESS), else the cluster that ``matrix-run cluster up`` (or ``join``) recorded on
-    this machine while it runs, else start an embedded local Ray; quiet, no dashboard. ``local`` forces the
-    embedded Ray. The recorded cluster's token is used for it (token authentication)."""
+    this machine while it runs, else start an embedded local Ray; quiet, no dashboard. ``local`` and ``embedded``
+    force the embedded Ray. The recorded cluster's token is used for it (token authentication)."""
     import ray
 
-    from runner import local_cluster
+    from runner import local_cluster, machine
 
     global _remote_task, _remote_cleanup, _remote_sweep
     given = address or os.environ.get("RAY_ADDRESS") or None
     address = resolve_address(given)
+    if address == EMBEDDED:
+        address = given = None
     if address is not None and address == given and (token_path := local_cluster.token_for(address)):
         local_cluster.use_token(token_path)  # the recorded cluster, named by its address
     if address:
@@ -169,12 +163,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Cluster:
         else:
             # "local" starts a new Ray of this process's own; without it Ray joins the last cluster that
             # `ray start` made on this machine (/tmp/ray/ray_current_cluster), alive or dead
-            ray.init(address="local", num_cpus=num_cpus, resources=local_labels(), **kwargs)
+            ray.init(address="local", num_cpus=num_cpus, resources=machine.local_labels(), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "an embedded local Ray"
         raise EnvironmentProblem(
             f"Ray cluster not reachable at {where}: {str(exc).splitlines()[0][:160]}; "
-            "check --address / RAY_ADDRESS, or omit it to run on an embedded local Ray"
+            "check --address / RAY_ADDRESS, or omit it to run on this machine alone"
         ) from None
     finally:
         if main_thread and sigterm is not None:
@@ -277,7 +271,7 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise EnvironmentProblem(
             f"Ray cluster not reachable at {address} ({exc.strerror or exc}); check --address / RAY_ADDRESS, "
-            "or omit it to run on an embedded local Ray"
+            "or omit it to run on this machine alone"
         ) from None
 
 

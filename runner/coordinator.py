@@ -2,9 +2,10 @@
 
 The coordinator wires the run's parts together and owns what is not theirs to own: signals, the image-build pool,
 joining the cluster, and cleaning up on every path out. What to run next, and what an outcome means, is the
-scheduler's (scheduler.py, pure); placing a request on a node is the transport's (cluster.py, Ray); running it
-there is the executor's (executors/). Raw shard outputs are written to the output folder as they arrive, so a
-failure later in the run loses nothing already produced.
+scheduler's (scheduler.py, pure); placing a request on a node is the transport's (cluster.py: Ray, on a cluster;
+machine.py: this machine alone, for a run that joins none); running it there is the executor's (executors/). Raw
+shard outputs are written to the output folder as they arrive, so a failure later in the run loses nothing already
+produced.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from runner import cluster, distribution, engine, images, quarantine
+from runner import cluster, distribution, engine, images, machine, quarantine
 from runner.config import MatrixFile, QuarantineEntry
 from runner.errors import EnvironmentProblem, ExitCode
 from runner.execution import RunResults, ShardOutcome, ShardRequest
@@ -168,20 +169,25 @@ class Coordinator:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="matrix-run-build")
         ray_cluster = None
+        transport: cluster.RayTransport | machine.MachineTransport | None = None
         sched: Scheduler | None = None
         try:
             swept = container.sweep_leftovers() if client is not None else (0, 0)
             swept = (swept[0] + host.sweep_processes(), swept[1])
-            ray_cluster = self.opt.cluster or cluster.connect(self.opt.address)
-            job = cluster.job_label()
-            docker: dict[str, bool] = {}
-            if not ray_cluster.started:
-                removed, folders, docker = cluster.sweep_other_nodes()
-                swept = (swept[0] + removed, swept[1] + folders)
+            job = ""
+            if self.opt.cluster is None and self.opt.address is None:  # no cluster: this machine, without Ray
+                transport = machine.MachineTransport(self.tree.tarball, docker=client is not None)
+            else:
+                ray_cluster = self.opt.cluster or cluster.connect(self.opt.address)
+                job = cluster.job_label()
+                docker: dict[str, bool] = {}
+                if not ray_cluster.started:
+                    removed, folders, docker = cluster.sweep_other_nodes()
+                    swept = (swept[0] + removed, swept[1] + folders)
+                transport = cluster.RayTransport(ray_cluster, self.tree.tarball, self.opt.infra_retries, docker)
+                docker[transport.here()] = client is not None
             if any(swept):
                 self.view.note(f"removed {swept[0]} container(s) and {swept[1]} work folder(s) of dead earlier runs")
-            transport = cluster.RayTransport(ray_cluster, self.tree.tarball, self.opt.infra_retries, docker)
-            docker[transport.here()] = client is not None
             prototypes = {
                 cid: cell_request(self.mf, c, self.specs[cid], self.tree, self.opt, job)
                 for cid, c in self.cells.items()
@@ -203,24 +209,28 @@ class Coordinator:
             unservable = sched.check_capacity()
             to_build = [cid for cid in docker_cells if cid not in unservable]
             self.here = transport.here()
-            self._plan_nodes(transport, sched, to_build)
+            ray_transport = transport if isinstance(transport, cluster.RayTransport) else None
+            if ray_transport is not None:
+                self._plan_nodes(ray_transport, sched, to_build)
             builds = self._start_builds(pool, client, to_build) if client is not None else {}
             for cid, c in self.cells.items():
                 if c.executor != "docker" and cid not in unservable:
                     sched.ready(cid)  # a host cell's environment is made on its node, by its first shard
             while not self.interrupted.is_set():
-                lost = cluster.check_alive(ray_cluster)
+                lost = cluster.check_alive(ray_cluster) if ray_cluster is not None else ""
                 if lost:
                     sched.lose(lost)
                     break
-                self._collect_builds(builds, sched, transport)
-                self._collect_remote(transport, sched)
+                self._collect_builds(builds, sched, ray_transport)
+                if ray_transport is not None and self.remote:
+                    self._collect_remote(ray_transport, sched)
                 # checked here, after the cluster was: a last outcome may be Ray's word that its node died
                 if sched.finished and (not builds or sched.cancelled):
                     break  # all done; or fail-fast struck, and what is still building is not waited for
                 try:
                     sched.step(timeout=0.2)
                 except cluster.ClusterLost as exc:
+                    assert ray_cluster is not None  # only Ray's transport loses its cluster
                     ray_cluster.lost = str(exc)
                     sched.lose(str(exc))
                     break
@@ -234,6 +244,8 @@ class Coordinator:
             if self.remote and ray_cluster is not None and not ray_cluster.lost:
                 cluster.cancel(list(self.remote))  # images still being made for a run that has ended
             self._remove_containers(ray_cluster)
+            if isinstance(transport, machine.MachineTransport):
+                transport.close()  # every attempt's thread has ended: nothing it started outlives the run
             pool.shutdown(wait=not self.interrupted.is_set(), cancel_futures=True)
             if ray_cluster is not None:
                 cluster.shutdown(ray_cluster)
@@ -255,7 +267,8 @@ class Coordinator:
         )
 
     def _remove_containers(self, ray_cluster: cluster.Cluster | None) -> None:
-        """This run's containers, on every node the cluster still reaches and on this node's engine in any case."""
+        """This run's containers, on every node the cluster still reaches and on this node's engine in any case
+        (``ray_cluster`` None: a run on this machine alone, or a cluster that is lost)."""
         removed = 0
         if ray_cluster is not None and not ray_cluster.lost:
             with contextlib.suppress(Exception):
@@ -429,7 +442,10 @@ class Coordinator:
         sched.fail_cell(cid, "the image could not be made on any node that may run the cell: " + "; ".join(errors))
 
     def _collect_builds(
-        self, builds: dict[Future[ImageReady], list[str]], sched: Scheduler, transport: cluster.RayTransport
+        self,
+        builds: dict[Future[ImageReady], list[str]],
+        sched: Scheduler,
+        transport: cluster.RayTransport | None,
     ) -> None:
         for fut in [f for f in builds if f.done()]:
             cids = builds.pop(fut)
@@ -464,4 +480,5 @@ class Coordinator:
                     sched.ready(cid, self.here)
                     self._record(cid, self.here, "built" if built else "present", took, "coordinator")
                 for node, need_base in self.deferred.pop(cid, []):
+                    assert transport is not None  # only a cluster's nodes wait for this build
                     self._start_remote(transport, sched, cid, node, need_base)

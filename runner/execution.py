@@ -96,6 +96,10 @@ class Executor(Protocol):
 
     def run(self, request: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome: ...
 
+    def stop(self, request: ShardRequest) -> None:
+        """End the attempt ``request`` that runs on this node in another thread (its ``run`` then returns soon)."""
+        ...
+
 
 @dataclass
 class RunResults:

@@ -386,7 +386,7 @@ def running_address() -> str | None:
         how = "up" if state.role == "head" else "join"
         print(
             f"matrix-run: note: the cluster that `matrix-run cluster {how}` recorded ({state.gcs_address}) is not "
-            "running; using an embedded local Ray (`matrix-run cluster down` forgets it)",
+            "running; running on this machine alone (`matrix-run cluster down` forgets it)",
             file=sys.stderr,
         )
         return None
@@ -487,8 +487,8 @@ def _ray_start(args: list[str], env: dict[str, str], temp_dir: str, what: str) -
 
 
 def _labels(extra: tuple[str, ...]) -> tuple[str, ...]:
-    from runner.cluster import local_labels
     from runner.config import SAFE_NAME
+    from runner.machine import local_labels
     from runner.scheduler import LABEL_RESOURCE
 
     for label in extra:

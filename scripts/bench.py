@@ -10,9 +10,11 @@ medium; pyparsing, where one file, test_unit.py, holds most of the time), each a
   A    what a user writes instead: one `docker run` per cell in turn, pytest on the whole suite
   B    one container per cell, as many at a time as there are slots, no sharding
   C0   matrix-run, cold duration history (`shards: auto`)
-  C    matrix-run, warm history (the second run): targets C <= 1.15 x LBw, A / C >= 1.6, B / C >= 1.2
-  Ck   C on a kept local Ray (`matrix-run cluster up --workers 0`, joined without --address): C less the embedded
-       Ray's start and stop, what a CI machine or lab node that keeps its cluster up pays per run
+  C    matrix-run, warm history (the second run): targets C <= 1.15 x LBw, A / C >= 1.6, B / C >= 1.2; on this
+       machine alone, without Ray (machine.py: no cluster to join)
+  Cr   C on an embedded Ray of the run's own (`--address embedded`): what every run without a cluster paid before
+  Ck   C on a kept local Ray (`matrix-run cluster up --workers 0`, joined without --address): a one-node cluster
+       that stays up, as a lab node keeps it
   E    matrix-run --cache, nothing changed
   LBw  A / slots + one container start: the work bound
 Also: a warm run of a one-test, one-cell matrix against a bare `docker run --rm IMAGE python -m pytest` of that
@@ -365,6 +367,8 @@ def matrix_figures(
     fig["C0"], _ = run_matrix(matrix, work / "out-c0", history, *chosen)
     print("bench: C (matrix-run, warm history)", flush=True)
     fig["C"], res = run_matrix(matrix, work / "out-c", history, *chosen)
+    print("bench: Cr (matrix-run on an embedded Ray of its own: --address embedded)", flush=True)
+    fig["Cr"], _ = run_matrix(matrix, work / "out-cr", history, "--address", "embedded", *chosen)
     print("bench: Ck (matrix-run on a kept local Ray: cluster up --workers 0)", flush=True)
     state = {"MATRIX_RUN_STATE_DIR": str(work / "kept-cluster")}
     cli = [PY, "-m", "runner.cli", "cluster"]
@@ -416,6 +420,12 @@ def suite_rows(sdist: str, fig: dict[str, float], slots: int) -> list[tuple[str,
         ),
         ("   A / C", f"{a / c:.2f} x", "", f"target >= 1.6  {verdict(a / c >= 1.6)}"),
         ("   B / C", f"{b / c:.2f} x", "", f"target >= 1.2  {verdict(b / c >= 1.2)}"),
+        (
+            "Cr matrix-run on an embedded Ray",
+            f"{fig['Cr']:.1f} s",
+            f"{fig['Cr'] / lbw:.2f} x LBw",
+            f"Cr - C {fig['Cr'] - c:.1f} s: the embedded Ray's start and stop (--address embedded)",
+        ),
         (
             "Ck matrix-run on a kept local Ray",
             f"{fig['Ck']:.1f} s",

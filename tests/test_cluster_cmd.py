@@ -252,7 +252,7 @@ def test_down_stops_every_process_it_started(up: Up, tmp_path: Path) -> None:
 
 
 def test_a_recorded_cluster_that_is_gone_is_ignored_with_a_note(tmp_path: Path) -> None:
-    """`run` without --address uses the embedded Ray when the state file's cluster no longer runs."""
+    """`run` without --address runs on this machine alone when the state file's cluster no longer runs."""
     state_dir = tmp_path / "state"
     (state_dir / "cluster").mkdir(parents=True, mode=0o700)
     state_dir.chmod(0o700)
@@ -285,7 +285,7 @@ def test_a_recorded_cluster_that_is_gone_is_ignored_with_a_note(tmp_path: Path) 
     assert "ADDRESS None" in proc.stdout
     notes = [line for line in proc.stderr.splitlines() if "not running" in line]
     assert len(notes) == 1
-    assert "embedded local Ray" in notes[0]
+    assert "running on this machine alone" in notes[0]
 
 
 def test_own_engines_give_each_worker_a_docker_engine_that_down_stops(tmp_path: Path) -> None:

@@ -205,7 +205,7 @@ def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen[bytes] | 
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a matrix-run left running by a failed test, with the embedded Ray it started (its process group)."""
+    """Kill a matrix-run left running by a failed test, with what it started (its process group)."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -518,7 +518,7 @@ def test_an_interrupt_stops_everything_and_writes_partial_reports(tmp_path, dock
     out = tmp_path / "out"
     matrix = _matrix(tmp_path, {"FAULTY_SLOW": "120"}, name=name)
     log = tmp_path / "matrix-run.log"
-    proc = _popen(*_run_args(matrix, out), log=log)
+    proc = _popen(*_run_args(matrix, out, "--address", "embedded"), log=log)
     try:
 
         def only_slow_shard_left():  # type: ignore[no-untyped-def]
@@ -557,14 +557,15 @@ def test_an_interrupt_stops_everything_and_writes_partial_reports(tmp_path, dock
 
 
 def test_losing_the_embedded_ray_keeps_finished_shards_and_reports_the_rest_as_infra(tmp_path, docker_client):
-    """`ray stop` (every process of the embedded Ray killed) while one shard has finished and one still runs: the
-    run notices at once, without asking Ray (whose core ends a process that lost its GCS after a minute), keeps the
-    finished shard's results, reports the rest as infra, exits 3, and leaves no container or Ray process."""
+    """`ray stop` (every process of the embedded Ray, `--address embedded`, killed) while one shard has finished and
+    one still runs: the run notices at once, without asking Ray (whose core ends a process that lost its GCS after
+    a minute), keeps the finished shard's results, reports the rest as infra, exits 3, and leaves no container or
+    Ray process."""
     name = f"lost{uuid.uuid4().hex[:6]}"
     out = tmp_path / "out"
     matrix = _matrix(tmp_path, {"FAULTY_SLOW": "120"}, name=name, retries={"flaky": 0, "infra": 0})
     log = tmp_path / "matrix-run.log"
-    proc = _popen(*_run_args(matrix, out), log=log)
+    proc = _popen(*_run_args(matrix, out, "--address", "embedded"), log=log)
     try:
 
         def only_slow_shard_left():  # type: ignore[no-untyped-def]
@@ -645,7 +646,7 @@ def _case_ray(tmp: Path) -> tuple[list[str], dict[str, str], str]:
         {},
         (
             "matrix-run: error: Ray cluster not reachable at 127.0.0.1:1 (Connection refused); check --address / "
-            "RAY_ADDRESS, or omit it to run on an embedded local Ray"
+            "RAY_ADDRESS, or omit it to run on this machine alone"
         ),
     )
 

@@ -1,4 +1,4 @@
-"""End to end through the CLI: a real Docker engine, a real embedded Ray, real containers."""
+"""End to end through the CLI: a real Docker engine, real containers, on this machine alone (no cluster)."""
 
 from __future__ import annotations
 

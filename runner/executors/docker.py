@@ -249,6 +249,9 @@ class DockerExecutor:
     def run(self, request: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
         return run_shard(request, tarball, gpu_ids)
 
+    def stop(self, request: ShardRequest) -> None:
+        _remove_stale(engine.connect(), request)
+
 
 def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
     """Run one shard attempt to its end and return what it produced. Never raises for Docker trouble."""
@@ -350,7 +353,8 @@ def run_shard(req: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) 
 
 
 def _remove_stale(client: docker.DockerClient, req: ShardRequest) -> None:
-    """A task that Ray re-executes (its worker or node died) may find its earlier container still running."""
+    """This attempt's containers: one that Ray re-executes (its worker or node died) may find its earlier container
+    still running; a cancelled attempt running in a thread (machine.py) is ended by removing its container."""
     selector = [f"{k}={v}" for k, v in labels_for(req).items()]
     for old in client.containers.list(all=True, filters={"label": selector}):
         _remove(old)

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -62,6 +62,9 @@ class HostExecutor:
 
     def run(self, request: ShardRequest, tarball: bytes, gpu_ids: tuple[str, ...] = ()) -> ShardOutcome:
         return run_shard(request, tarball, gpu_ids)
+
+    def stop(self, request: ShardRequest) -> None:
+        kill_attempt(request)
 
 
 def find_interpreter(name: str) -> str | None:
@@ -310,6 +313,22 @@ def _kill_group(pgid: int) -> None:
 def kill_tagged(name: str, value: str, prefix: bool = False) -> int:
     """Kill every process of this user on this node whose environment has ``name`` = ``value`` (or starts with
     it); the count. What a test started in a session of its own still carries the attempt's variables."""
+
+    def match(env: dict[str, str]) -> bool:
+        got = env.get(name)
+        return got is not None and (got.startswith(value) if prefix else got == value)
+
+    return _kill_where(match)
+
+
+def kill_attempt(req: ShardRequest) -> int:
+    """Kill the processes of one shard attempt on this node (what a cancelled attempt runs)."""
+    want = {"MATRIX_RUN_ID": req.run_id, "MATRIX_RUN_CELL": req.cell_id, "MATRIX_RUN_SHARD": req.shard}
+    want["MATRIX_RUN_ATTEMPT"] = str(req.attempt)
+    return _kill_where(lambda env: all(env.get(k) == v for k, v in want.items())) if req.run_id else 0
+
+
+def _kill_where(match: Callable[[dict[str, str]], bool]) -> int:
     import psutil
 
     found = []
@@ -319,8 +338,7 @@ def kill_tagged(name: str, value: str, prefix: bool = False) -> int:
         with contextlib.suppress(psutil.Error):
             if proc.info["uids"] is not None and proc.info["uids"].real != os.getuid():
                 continue
-            got = proc.environ().get(name)
-            if got is not None and (got.startswith(value) if prefix else got == value):
+            if match(proc.environ()):
                 found.append(proc)
     for proc in found:
         with contextlib.suppress(psutil.Error):
