@@ -170,3 +170,32 @@ def test_a_gpu_cell_is_no_capacity_on_a_machine_without_gpus_and_runs_on_one_wit
     t.close()
     assert sched.finished
     assert fake.seen_gpus[shard.slug, 1] == ("0",)
+
+
+def test_the_host_executor_stops_exactly_the_attempts_processes() -> None:
+    """``HostExecutor.stop`` (what cancel does to a host attempt running in a thread): real processes tagged as two
+    attempts of one shard; only the cancelled attempt's die, whatever session they moved to."""
+    import os
+    import subprocess
+    import sys
+
+    from runner.executors.host import HostExecutor
+
+    def spawn(attempt: int) -> subprocess.Popen[bytes]:
+        tags = {"MATRIX_RUN_ID": "r", "MATRIX_RUN_CELL": "c", "MATRIX_RUN_SHARD": "shard-1of1"}
+        env = {**os.environ, **tags, "MATRIX_RUN_ATTEMPT": str(attempt)}
+        code = "import time; time.sleep(60)"
+        return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+
+    mine, other = spawn(2), spawn(3)
+    try:
+        time.sleep(0.3)  # their environments are readable once they run
+        started = time.monotonic()
+        HostExecutor().stop(request(attempt=2))
+        mine.wait(10)  # killed and reaped by stop (psutil waits for what it kills): ended long before its 60 s
+        assert time.monotonic() - started < 10
+        assert other.poll() is None  # another attempt of the same shard runs on
+    finally:
+        for proc in (mine, other):
+            proc.kill()
+            proc.wait()
