@@ -169,14 +169,15 @@ class Coordinator:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="matrix-run-build")
         ray_cluster = None
-        transport: cluster.RayTransport | machine.MachineTransport | None = None
+        ray_transport: cluster.RayTransport | None = None  # on a cluster
+        alone: machine.MachineTransport | None = None  # else: this machine, without Ray
         sched: Scheduler | None = None
         try:
             swept = container.sweep_leftovers() if client is not None else (0, 0)
             swept = (swept[0] + host.sweep_processes(), swept[1])
             job = ""
-            if self.opt.cluster is None and self.opt.address is None:  # no cluster: this machine, without Ray
-                transport = machine.MachineTransport(self.tree.tarball, docker=client is not None)
+            if self.opt.cluster is None and self.opt.address is None:
+                alone = machine.MachineTransport(self.tree.tarball, docker=client is not None)
             else:
                 ray_cluster = self.opt.cluster or cluster.connect(self.opt.address)
                 job = cluster.job_label()
@@ -184,8 +185,10 @@ class Coordinator:
                 if not ray_cluster.started:
                     removed, folders, docker = cluster.sweep_other_nodes()
                     swept = (swept[0] + removed, swept[1] + folders)
-                transport = cluster.RayTransport(ray_cluster, self.tree.tarball, self.opt.infra_retries, docker)
-                docker[transport.here()] = client is not None
+                ray_transport = cluster.RayTransport(ray_cluster, self.tree.tarball, self.opt.infra_retries, docker)
+                docker[ray_transport.here()] = client is not None
+            transport = ray_transport or alone
+            assert transport is not None
             if any(swept):
                 self.view.note(f"removed {swept[0]} container(s) and {swept[1]} work folder(s) of dead earlier runs")
             prototypes = {
@@ -209,7 +212,6 @@ class Coordinator:
             unservable = sched.check_capacity()
             to_build = [cid for cid in docker_cells if cid not in unservable]
             self.here = transport.here()
-            ray_transport = transport if isinstance(transport, cluster.RayTransport) else None
             if ray_transport is not None:
                 self._plan_nodes(ray_transport, sched, to_build)
             builds = self._start_builds(pool, client, to_build) if client is not None else {}
@@ -244,8 +246,8 @@ class Coordinator:
             if self.remote and ray_cluster is not None and not ray_cluster.lost:
                 cluster.cancel(list(self.remote))  # images still being made for a run that has ended
             self._remove_containers(ray_cluster)
-            if isinstance(transport, machine.MachineTransport):
-                transport.close()  # every attempt's thread has ended: nothing it started outlives the run
+            if alone is not None:
+                alone.close()  # every attempt's thread has ended: nothing it started outlives the run
             pool.shutdown(wait=not self.interrupted.is_set(), cancel_futures=True)
             if ray_cluster is not None:
                 cluster.shutdown(ray_cluster)

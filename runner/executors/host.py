@@ -323,8 +323,12 @@ def kill_tagged(name: str, value: str, prefix: bool = False) -> int:
 
 def kill_attempt(req: ShardRequest) -> int:
     """Kill the processes of one shard attempt on this node (what a cancelled attempt runs)."""
-    want = {"MATRIX_RUN_ID": req.run_id, "MATRIX_RUN_CELL": req.cell_id, "MATRIX_RUN_SHARD": req.shard}
-    want["MATRIX_RUN_ATTEMPT"] = str(req.attempt)
+    want = {
+        "MATRIX_RUN_ID": req.run_id,
+        "MATRIX_RUN_CELL": req.cell_id,
+        "MATRIX_RUN_SHARD": req.shard,
+        "MATRIX_RUN_ATTEMPT": str(req.attempt),
+    }
     return _kill_where(lambda env: all(env.get(k) == v for k, v in want.items())) if req.run_id else 0
 
 
