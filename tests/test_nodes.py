@@ -80,8 +80,21 @@ def _empty(engine: node_engine.NodeEngine) -> None:
     client = docker.DockerClient(base_url=engine.host)
     for c in client.containers.list(all=True):
         c.remove(force=True)
-    for im in client.images.list():
-        client.images.remove(im.id, force=True)
+    # A child image must go before its parent (the engine refuses a parent with children even when forced), and
+    # the list comes in no such order: remove what can go until nothing is left.
+    images = client.images.list(all=True)
+    while images:
+        for im in images:
+            try:
+                client.images.remove(im.id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                if e.status_code != 409:
+                    raise
+        left = client.images.list(all=True)
+        assert len(left) < len(images), f"images the engine will not remove: {[im.id for im in left]}"
+        images = left
     client.close()
 
 
