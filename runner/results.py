@@ -159,6 +159,17 @@ def _nodeid(value: object) -> str | None:
     return None
 
 
+def _test_nodeid(rep: Report, rec: dict[str, object]) -> str | None:
+    """A test record names its test by index into the collected ids (``i``), or, for a test outside them, by
+    ``nodeid``."""
+    index = rec.get("i")
+    if index is None:
+        return _nodeid(rec.get("nodeid"))
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(rep.collected):
+        return None
+    return rep.collected[index]
+
+
 def parse_report(data: bytes) -> Report:
     """The plugin's JSON lines: collected ids, per-test outcomes (possibly cut short by a kill).
 
@@ -216,7 +227,7 @@ def _apply(rep: Report, phases: dict[str, dict[str, object]], rec: dict[str, obj
         return True
     if event != "test":
         return False
-    nodeid = _nodeid(rec.get("nodeid"))
+    nodeid = _test_nodeid(rep, rec)
     when, outcome = rec.get("when"), rec.get("outcome")
     if nodeid is None or when not in TEST_PHASES or outcome not in TEST_OUTCOMES:
         return False
@@ -236,6 +247,12 @@ def _apply(rep: Report, phases: dict[str, dict[str, object]], rec: dict[str, obj
     if when == "setup":
         rep.started.append(nodeid)
         cur["begin"] = max(0.0, stop - phase_seconds) if stop else 0.0
+    if when == "call":
+        # pytest 9's subtests (and unittest's subTest) report each subtest as a call of the same test, within the
+        # test's own call report that comes last: the longest call is the test's, the others lie inside it
+        longest = float(cur.get("call", 0.0))  # type: ignore[arg-type]
+        cur["call"] = max(longest, phase_seconds)
+        phase_seconds = max(0.0, phase_seconds - longest)
     cur["duration"] = float(cur["duration"]) + phase_seconds  # type: ignore[arg-type]
     cur["stop"] = stop
     if outcome == "failed":

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -81,6 +83,23 @@ def results(out: Path) -> dict:  # type: ignore[type-arg]
     from tests.test_schema import validate_results
 
     return validate_results(out / "results.json")
+
+
+def report_records(lines: Iterable[str]) -> list[dict]:  # type: ignore[type-arg]
+    """The plugin's JSON records of one shard attempt, each test record given its ``nodeid`` (the plugin names a
+    collected test by its index ``i`` in the collected ids). A line cut short (a live or killed shard) is left out."""
+    records, collected = [], []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "collected":
+            collected = rec["nodeids"]
+        elif rec.get("event") == "test" and "i" in rec:
+            rec["nodeid"] = collected[rec["i"]]
+        records.append(rec)
+    return records
 
 
 def containers_of(client, run_id: str) -> list:  # type: ignore[no-untyped-def,type-arg]

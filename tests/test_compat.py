@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECTS, results, run_cli, write_matrix
+from tests.conftest import PROJECTS, report_records, results, run_cli, write_matrix
 
 pytestmark = [pytest.mark.docker, pytest.mark.ray, pytest.mark.slow]
 
@@ -205,7 +205,7 @@ def shard_records(out: Path, cell_id: str) -> list[dict[str, Any]]:
     """Every record of every first attempt of the cell's shards."""
     records = []
     for path in sorted((out / "shards" / cell_id).glob("*.attempt1.report.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records += report_records(path.read_text().splitlines())
     return records
 
 

@@ -10,7 +10,6 @@ duration history of one test cannot reshape the shards of another.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ import pytest
 import yaml
 
 from runner import workspace
-from tests.conftest import PROJECTS, ROOT, TwoNodeRay, containers_of, results, run_cli, write_matrix
+from tests.conftest import PROJECTS, ROOT, TwoNodeRay, containers_of, report_records, results, run_cli, write_matrix
 
 pytestmark = [pytest.mark.docker, pytest.mark.ray, pytest.mark.slow]
 
@@ -109,13 +108,11 @@ def _report(out: Path, shard: str, attempt: int) -> tuple[list[str], list[str]]:
     path = out / "shards" / CELL / f"{shard}.attempt{attempt}.report.jsonl"
     collected: list[str] = []
     finished: list[str] = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            rec = json.loads(line)
-            if rec.get("event") == "collected":
-                collected = rec["nodeids"]
-            elif rec.get("event") == "test" and rec["when"] == "teardown":
-                finished.append(rec["nodeid"])
+    for rec in report_records(path.read_text().splitlines()):
+        if rec.get("event") == "collected":
+            collected = rec["nodeids"]
+        elif rec.get("event") == "test" and rec["when"] == "teardown":
+            finished.append(rec["nodeid"])
     return collected, finished
 
 
@@ -177,7 +174,7 @@ def _live_report(container) -> list[dict]:  # type: ignore[no-untyped-def,type-a
         for mount in container.attrs.get("Mounts", []):
             if mount.get("Destination") == "/mr/out":
                 lines = (Path(mount["Source"]) / "report.jsonl").read_text().splitlines()
-                return [json.loads(line) for line in lines if line.strip().endswith("}")]
+                return report_records(line for line in lines if line.strip().endswith("}"))
     return []
 
 

@@ -1,9 +1,16 @@
-"""runner/results.py: shard outcomes -> attempts -> per-test histories -> cell status, all from handmade bytes."""
+"""runner/results.py: shard outcomes -> attempts -> per-test histories -> cell status, from handmade bytes (and one
+report that the real plugin writes in a real pytest session)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -190,6 +197,32 @@ def test_parse_report_merges_phases_per_test() -> None:
     assert rep.ended is True
 
 
+def test_parse_report_reads_tests_named_by_their_index_in_the_collected_ids() -> None:
+    def indexed(nodeid: str, when: str, outcome: str = "passed") -> dict[str, object]:
+        rec = record(nodeid, when, outcome)
+        del rec["nodeid"]
+        return {**rec, "i": [A, B].index(nodeid)}
+
+    data = jsonl(
+        [
+            {"event": "collected", "nodeids": [A, B]},
+            indexed(A, "setup"),
+            indexed(A, "call"),
+            indexed(A, "teardown"),
+            indexed(B, "setup"),
+            indexed(B, "call", "failed"),
+            indexed(B, "teardown"),
+            *phases(C, "passed"),  # a test outside the collected ids keeps its node id
+        ]
+    )
+
+    rep = results.parse_report(data)
+
+    assert rep.bad_records == 0
+    assert {n: r["outcome"] for n, r in rep.finished.items()} == {A: "passed", B: "failed", C: "passed"}
+    assert rep.started == [A, B, C]
+
+
 def test_parse_report_teardown_failure_after_a_pass_is_an_error() -> None:
     data = jsonl([record(A, "setup"), record(A, "call"), record(A, "teardown", "failed", longrepr="leak")])
 
@@ -315,6 +348,10 @@ def test_a_cell_without_any_test_case_is_an_error_not_passed() -> None:
         b'{"event": "test"}',
         b'{"event": "test", "nodeid": 5, "when": "call", "outcome": "passed"}',
         b'{"event": "test", "nodeid": "t.py::x", "when": "lunch", "outcome": "passed"}',
+        b'{"event": "test", "i": 1, "when": "call", "outcome": "passed"}',
+        b'{"event": "test", "i": -1, "when": "call", "outcome": "passed"}',
+        b'{"event": "test", "i": true, "when": "call", "outcome": "passed"}',
+        b'{"event": "test", "i": "0", "when": "call", "outcome": "passed"}',
         b'{"event": "collected", "nodeids": 5}',
         b'{"event": "collected", "nodeids": [1, 2]}',
         b'"just a string"',
@@ -582,3 +619,118 @@ def test_file_walls_count_the_time_between_tests_and_share_out_collection() -> N
     assert att.file_walls == pytest.approx({"tests/test_a.py": 1.5 + 1.5 + 2.0, "tests/sub/test_c.py": 2.0 + 1.0 + 2.0})
     assert sum(att.file_walls.values()) == pytest.approx(att.session_seconds)
     assert att.collect_seconds == pytest.approx(4.0)
+
+
+# --- the plugin's records, as pytest writes them --------------------------------------------------------------------
+
+
+def test_the_plugin_names_collected_tests_by_index_and_the_report_reads_them_back(tmp_path: Path) -> None:
+    """The real plugin in a real pytest session (this interpreter's pytest, no container): 3,000 tests with long
+    parameter ids, one failure, one skip, one xfail, one error at setup. Every test comes back with its outcome, and
+    the report holds each test's name once (in the collected record), so packaging-26.4-sized shards (56,577
+    tests, 64.8 MiB of report before) stay well under tests.output-limit."""
+    long = "x" * 80
+    (tmp_path / "test_many.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import pytest
+
+            @pytest.fixture
+            def broken():
+                raise RuntimeError("fixture broke")
+
+            @pytest.mark.parametrize("n", range(2997), ids=lambda n: "{long}-%d" % n)
+            def test_param(n):
+                assert n != 7
+
+            def test_skip():
+                pytest.skip("not here")
+
+            @pytest.mark.xfail(reason="known")
+            def test_xfail():
+                assert False
+
+            def test_error(broken):
+                pass
+            """
+        )
+    )
+    report = tmp_path / "report.jsonl"
+    side = Path(results.__file__).parent / "container_side"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "matrix_run_plugin"]
+    argv += [f"--matrix-run-report={report}", "test_many.py"]
+    env = {**os.environ, "PYTHONPATH": str(side)}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+
+    data = report.read_bytes()
+    rep = results.parse_report(data)
+
+    assert rep.bad_records == 0
+    assert rep.ended
+    assert len(rep.collected) == len(rep.finished) == 3000
+    outcomes = Counter(str(r["outcome"]) for r in rep.finished.values())
+    assert outcomes == {"passed": 2996, "failed": 1, "skipped": 2, "error": 1}  # the xfail is a skip, as in JUnit
+    assert rep.finished[f"test_many.py::test_param[{long}-7]"]["outcome"] == "failed"
+    assert rep.finished["test_many.py::test_error"]["file"] == "test_many.py"
+    assert "fixture broke" in str(rep.finished["test_many.py::test_error"]["longrepr"])
+    names = sum(len(n) for n in rep.collected)
+    assert data.count(b"test_param[") == 2997  # each id once, in the collected record
+    assert len(data) - names < 400 * 3000  # the three phase records of a test: under 400 bytes together
+
+
+def test_subtests_fail_their_test_and_are_timed_inside_it(tmp_path: Path) -> None:
+    """pytest 9's ``subtests`` fixture and unittest's ``subTest``, in a real pytest session with the real plugin:
+    every subtest comes as one more call report of its test (its own call report last), so a failing subtest fails
+    the test (pytest's exit code says so too, even where the test's own call report passed) and the test's time is
+    its own call's, not the sum of calls that lie inside it."""
+    if int(pytest.__version__.split(".")[0]) < 9:
+        pytest.skip("the subtests fixture is pytest 9's; this environment has pytest 8")
+    (tmp_path / "test_sub.py").write_text(
+        textwrap.dedent(
+            """\
+            import unittest
+
+            def test_one_subtest_fails(subtests):
+                for i in range(3):
+                    with subtests.test(i=i):
+                        assert i != 1
+
+            def test_all_subtests_pass(subtests):
+                for i in range(3):
+                    with subtests.test(i=i):
+                        pass
+
+            class T(unittest.TestCase):
+                def test_unittest_subtest_fails(self):
+                    for i in range(3):
+                        with self.subTest(i=i):
+                            self.assertNotEqual(i, 2)
+            """
+        )
+    )
+    report = tmp_path / "report.jsonl"
+    side = Path(results.__file__).parent / "container_side"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "matrix_run_plugin"]
+    argv += [f"--matrix-run-report={report}", "test_sub.py"]
+    env = {**os.environ, "PYTHONPATH": str(side)}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+
+    data = report.read_bytes()
+    rep = results.parse_report(data)
+
+    assert {n.split("::")[-1]: r["outcome"] for n, r in rep.finished.items()} == {
+        "test_one_subtest_fails": "failed",
+        "test_all_subtests_pass": "passed",
+        "test_unittest_subtest_fails": "failed",
+    }
+    assert "assert 1 != 1" in str(rep.finished["test_sub.py::test_one_subtest_fails"]["longrepr"])
+    calls: dict[str, list[float]] = {}
+    for rec in (json.loads(line) for line in data.splitlines()):
+        if rec.get("event") == "test":
+            calls.setdefault(rep.collected[rec["i"]], []).append(rec["duration"])
+    for nodeid, durations in calls.items():
+        assert len(durations) == 6  # setup, three subtests, the test's own call, teardown
+        own = durations[0] + max(durations[1:-1]) + durations[-1]
+        assert rep.finished[nodeid]["duration"] == pytest.approx(own), nodeid

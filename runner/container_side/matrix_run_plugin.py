@@ -8,9 +8,11 @@ Everything matrix-run reads comes from this plugin:
 - One JSON line per event to ``--matrix-run-report`` (flushed as it goes), so a shard killed by a timeout or the
   OOM killer still tells which tests finished and which did not: ``start`` (pytest version, rootdir), ``collected``
   (node ids in pytest's order), ``test`` (one per phase, with outcome, duration, location, failure text, captured
-  output of failures), ``collecterror`` / ``collectskip`` (a file that failed to import, or skipped whole at
-  import), ``end``. matrix-run builds its JUnit from these records. Under pytest-xdist the controller writes the
-  stream: workers' reports reach it through pytest's own hooks, and their collection through xdist's.
+  output of failures; a collected test is named by its index ``i`` in the collected ids, any other by its
+  ``nodeid``, so a shard of 100,000 tests with long parameter ids writes tens of MB, not hundreds),
+  ``collecterror`` / ``collectskip`` (a file that failed to import, or skipped whole at import), ``end``.
+  matrix-run builds its JUnit from these records. Under pytest-xdist the controller writes the stream: workers'
+  reports reach it through pytest's own hooks, and their collection through xdist's.
 - ``--matrix-run-files FILE`` (JSON ``{"root": DIR, "include": [...]}`` or ``{"root": DIR, "exclude": [...]}``,
   paths relative to ``root``, the project) restricts the run to the shard's files: through
   ``pytest_ignore_collect`` for speed (a conftest's ``collect_ignore``, ``norecursedirs`` still apply as in a direct
@@ -27,7 +29,6 @@ Everything matrix-run reads comes from this plugin:
 
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -74,17 +75,17 @@ def pytest_addoption(parser):
 
 def _emit(record):
     if _stream is not None:
-        _stream.write(json.dumps(record) + "\n")
+        _stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         _stream.flush()
 
 
-def _junit_names(nodeid):
-    """pytest's own mapping of a node id to JUnit classname/name (junitxml.mangle_test_address)."""
-    path, bracket, params = nodeid.partition("[")
-    names = path.split("::")
-    names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
-    names[-1] += bracket + params
-    return ".".join(names[:-1]), names[-1]
+_index = {}  # type: dict  # collected node id -> its index in the collected record, which test records use
+
+
+def _emit_collected(record):
+    _index.clear()
+    _index.update((nodeid, i) for i, nodeid in enumerate(record["nodeids"]))
+    _emit(record)
 
 
 def _is_worker(config):
@@ -235,7 +236,7 @@ def pytest_collection_modifyitems(session, config, items):
     record = {"event": "collected", "time": time.time(), "nodeids": [item.nodeid for item in items]}
     if len(order) != len(items):
         record["order"] = order  # where tests were left to other shards: the whole files' order, for planning
-    _emit(record)
+    _emit_collected(record)
 
 
 _xdist_collected = []
@@ -245,7 +246,7 @@ _xdist_collected = []
 def pytest_xdist_node_collection_finished(node, ids):
     if not _xdist_collected:  # every worker collects the same ids
         _xdist_collected.append(True)
-        _emit({"event": "collected", "time": time.time(), "nodeids": list(ids)})
+        _emit_collected({"event": "collected", "time": time.time(), "nodeids": list(ids)})
 
 
 def _text(longrepr):
@@ -273,20 +274,20 @@ def pytest_collectreport(report):
 
 
 def pytest_runtest_logreport(report):
-    classname, name = _junit_names(report.nodeid)
-    location = report.location or (None, None, None)
-    record = {
-        "event": "test",
-        "nodeid": report.nodeid,
-        "when": report.when,
-        "outcome": report.outcome,
-        "duration": report.duration,
-        "classname": classname,
-        "name": name,
-        "file": location[0],
-        "line": location[1] + 1 if isinstance(location[1], int) else None,
-        "stop": getattr(report, "stop", None) or time.time(),
-    }
+    record = {"event": "test"}
+    index = _index.get(report.nodeid)
+    if index is None:
+        record["nodeid"] = report.nodeid
+    else:
+        record["i"] = index
+    record["when"] = report.when
+    record["outcome"] = report.outcome
+    record["duration"] = round(report.duration or 0.0, 6)
+    record["stop"] = round(getattr(report, "stop", None) or time.time(), 4)
+    if report.when == "setup" or report.failed:  # where the test is: once, and again with a failure
+        location = report.location or (None, None, None)
+        record["file"] = location[0]
+        record["line"] = location[1] + 1 if isinstance(location[1], int) else None
     if hasattr(report, "wasxfail"):
         record["xfail"] = True
         record["message"] = ("xfail: " + str(report.wasxfail))[:500] if report.wasxfail else "xfail"
