@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from runner import dependencies
 from runner.errors import ConfigError
 
 # A value that reaches an image tag, a path or a command must look like a version or a name.
@@ -79,6 +80,9 @@ class ImageConfig:
     heavy: tuple[str, ...] | None = ()  # more package names for the shared heavy layer; None: no heavy layer
     python: str = ""  # host executor: the interpreter (a name on PATH or a path); "" = python{python}, else python3
     registry: str = ""  # HOST[:PORT][/PREFIX]: build each image once, push it there by content tag, nodes pull it
+    project_deps: bool = True  # install the project's declared dependencies (pyproject.toml) with the cell's own
+    extras: tuple[str, ...] = ()  # the project's optional-dependencies to install, as pip install .[EXTRA]
+    groups: tuple[str, ...] = ()  # PEP 735 dependency groups to install, as pip install --group GROUP
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ class MatrixFile:
     executor: str = ""  # template rendering to "docker" or "host"; "" = the cell's own executor value, else docker
     report: ReportConfig = field(default_factory=ReportConfig)
     quarantine: tuple[QuarantineEntry, ...] = ()
+    requires: tuple[str, ...] = ()  # what the project declares for its cells (image.project-deps, extras, groups)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def error(self, key: str, problem: str) -> ConfigError:
@@ -565,6 +570,9 @@ IMAGE_KEYS = (
     "heavy",
     "python",
     "registry",
+    "project-deps",
+    "extras",
+    "groups",
 )
 TESTS_KEYS = (
     "command",
@@ -655,6 +663,9 @@ def load(path: str | Path) -> MatrixFile:
         heavy=_heavy(doc, img.get("heavy", [])),
         python=_plain(doc, "image.python", _str(doc, "image.python", img.get("python", ""))),
         registry=_registry(doc, img.get("registry", "")),
+        project_deps=_bool(doc, "image.project-deps", img.get("project-deps", True)),
+        extras=_str_list(doc, "image.extras", img.get("extras", [])),
+        groups=_str_list(doc, "image.groups", img.get("groups", [])),
     )
 
     t = _mapping(doc, "tests", data.get("tests"), TESTS_KEYS)
@@ -733,6 +744,16 @@ def load(path: str | Path) -> MatrixFile:
 
     report = _report(doc, data.get("report"), axes, include)
 
+    try:  # the project's own dependencies, extras only for a project that is installed; groups for any
+        requires = dependencies.requirements(
+            project,
+            image.extras if tests.install_project else (),
+            image.groups,
+            image.project_deps and tests.install_project,
+        )
+    except dependencies.DependencyError as exc:
+        raise doc.error(exc.key, str(exc)) from None
+
     return MatrixFile(
         path=p,
         name=name,
@@ -750,6 +771,7 @@ def load(path: str | Path) -> MatrixFile:
         executor=_plain(doc, "executor", _str(doc, "executor", data.get("executor", ""))),
         report=report,
         quarantine=quarantine_entries(doc, "quarantine", data.get("quarantine", [])),
+        requires=requires,
         lines=doc.lines,
     )
 

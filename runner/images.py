@@ -323,6 +323,7 @@ def specs_for(mf: MatrixFile, cells: list[Cell], client: docker.DockerClient | N
     wh_digest = _wheelhouse_digest(wheelhouses)
     dockerfile_text = mf.image.dockerfile.read_text(encoding="utf-8") if mf.image.dockerfile else None
     extra: tuple[str, ...] = build_requires(mf.project) if mf.tests.install_project else ()
+    extra = (*extra, *mf.requires)  # the project's declared dependencies, extras and groups (dependencies.py)
     if mf.coverage.enabled:
         extra = (*extra, "coverage[toml]")
     out = {}
