@@ -5,7 +5,9 @@
 
 Workloads: real third-party suites from PyPI sdists (default: pygments, small, ~10 s of tests per cell; attrs,
 medium; pyparsing, where one file, test_unit.py, holds most of the time), each across Python 3.9 / 3.11 / 3.13
-(Debian bullseye / bookworm / trixie images, bootstrapped offline when missing). One table per suite:
+(Debian bullseye / bookworm / trixie images, bootstrapped offline when missing) or those its requires-python
+admits; a suite other than those three with its own test extra or dependency group (`test` / `tests`) when it
+declares one. One table per suite:
 
   A    what a user writes instead: one `docker run` per cell in turn, pytest on the whole suite
   B    one container per cell, as many at a time as there are slots, no sharding
@@ -49,7 +51,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,31 +93,53 @@ def fetch(sdist: str, work: Path) -> Path:
     return project
 
 
+def suite_pythons(project: Path) -> list[str]:
+    """The bench's Pythons (3.9 / 3.11 / 3.13) that the project's requires-python admits."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    pyproject = project / "pyproject.toml"
+    data = tomllib.loads(pyproject.read_text(encoding="utf-8")) if pyproject.is_file() else {}
+    wanted = SpecifierSet(str(data.get("project", {}).get("requires-python", "")))
+    return [v for v in SUITES if wanted.contains(f"{v}.0")] or list(SUITES)
+
+
+def suite_test_deps(project: Path) -> dict[str, list[str]]:
+    """image.extras / image.groups for the project's test requirements, as its own CI would install them: an
+    extra or a dependency group named test or tests (PEP 621, PEP 735)."""
+    from runner import dependencies
+
+    found: dict[str, list[str]] = {}
+    for key in ("extras", "groups"):
+        for name in ("test", "tests"):
+            try:
+                dependencies.requirements(project, dependencies=False, **{key: (name,)})  # type: ignore[arg-type]
+            except dependencies.DependencyError:
+                continue
+            found[key] = [name]
+            break
+    return found
+
+
 def write_matrix(work: Path, project: Path, name: str) -> Path:
     path = work / "bench.yaml"
-    extra = json.dumps(EXTRA.get(name, []))
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            name: bench
-            project: {project}
-            matrix:
-              python: ["3.9", "3.11", "3.13"]
-              include:
-                - {{python: "3.9", debian: bullseye}}
-                - {{python: "3.11", debian: bookworm}}
-                - {{python: "3.13", debian: trixie}}
-            image:
-              base: "matrix-run/debian:{{debian}}"
-              bootstrap: "{{debian}}"
-              install: {extra}
-            tests:
-              shards: auto
-              timeout: 1800
-            strategy: {{fail-fast: false}}
-            """
-        )
-    )
+    pythons = suite_pythons(project)
+    image: dict[str, object] = {
+        "base": "matrix-run/debian:{debian}",
+        "bootstrap": "{debian}",
+        # the default suites' test requirements as measured since they were chosen; any other suite's its own
+        **({"install": EXTRA[name]} if name in EXTRA else {"install": [], **suite_test_deps(project)}),
+    }
+    doc = {
+        "name": "bench",
+        "project": str(project),
+        "matrix": {"python": pythons, "include": [{"python": v, "debian": SUITES[v]} for v in pythons]},
+        "image": image,
+        "tests": {"shards": "auto", "timeout": 1800},
+        "strategy": {"fail-fast": False},
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")  # JSON is YAML
     return path
 
 
