@@ -287,13 +287,18 @@ def pytest_collectreport(report):
         _emit({"event": "collectskip", "nodeid": report.nodeid, "message": _message(report)})
 
 
-def _location(report):
+def _where(report):
+    """(file, 1-based line) of the test, as pytest located it."""
     location = report.location or (None, None, None)
-    key = (location[0], location[1])
+    return location[0], location[1] + 1 if isinstance(location[1], int) else None
+
+
+def _location(report):
+    """``,"file":...,"line":...`` of the test, made once per place."""
+    key = _where(report)
     text = _locations.get(key)
     if text is None:
-        line = location[1] + 1 if isinstance(location[1], int) else None
-        text = _locations[key] = "," + _encode({"file": location[0], "line": line})[1:-1]
+        text = _locations[key] = "," + _encode({"file": key[0], "line": key[1]})[1:-1]
     return text
 
 
@@ -315,9 +320,7 @@ def pytest_runtest_logreport(report):
     record["duration"] = round(report.duration or 0.0, 6)
     record["stop"] = round(getattr(report, "stop", None) or time.time(), 4)
     if report.when == "setup" or report.failed:  # where the test is: once, and again with a failure
-        location = report.location or (None, None, None)
-        record["file"] = location[0]
-        record["line"] = location[1] + 1 if isinstance(location[1], int) else None
+        record["file"], record["line"] = _where(report)
     if hasattr(report, "wasxfail"):
         record["xfail"] = True
         record["message"] = ("xfail: " + str(report.wasxfail))[:500] if report.wasxfail else "xfail"
