@@ -158,6 +158,10 @@ def measured_file_walls(cell: CellResult) -> dict[str, float]:
     they finished: a file cut short by a timeout, a lost container or a cancelled shard (a file split across
     shards counts only when all its parts ran) would be measured too short. Reruns are not counted: they run a
     few failed tests, not the file.
+
+    A file such an attempt was given that ran no test at all (every test deselected by the project's own
+    ``-m "not slow"``, skipped at import, or none left) takes 0 seconds: without it the planner would go on
+    weighing the file by its test definitions, as if they ran.
     """
     walls: dict[str, float] = {}
     done: set[tuple[str, str]] = set()  # (file, node id) finished by a first ok attempt
@@ -176,6 +180,12 @@ def measured_file_walls(cell: CellResult) -> dict[str, float]:
         for file, seconds in att.file_walls.items():
             walls[file] = walls.get(file, 0.0) + max(0.0, seconds)
     missing = {file for file, nodeid in expected - done}
+    with_tests = {file for file, _ in expected}
+    for att in cell.attempts:
+        if att.attempt == 1 and att.kind == "ok":
+            for file in att.planned:
+                if file not in with_tests and file not in tainted:
+                    walls.setdefault(file, 0.0)
     return {f: s for f, s in sorted(walls.items()) if f not in tainted and f not in missing}
 
 

@@ -72,7 +72,8 @@ def estimate(
     """
     history = history or {}
     counts = counts if counts is not None else count_tests(tree, files)
-    known = [(history[f], counts.get(f, 1)) for f in files if f in history]
+    # a file measured at 0 s ran no test (all deselected, say): it says nothing of what a test costs
+    known = [(history[f], counts.get(f, 1)) for f in files if history.get(f, 0.0) > 0]
     per_test = sum(s for s, _ in known) / max(1, sum(c for _, c in known)) if known else default_per_test
     return [TestFile(f, history.get(f, counts.get(f, 1) * per_test)) for f in files]
 

@@ -76,6 +76,7 @@ class Attempt:
     session_seconds: float = 0.0  # pytest's session inside the container, start to end (0 when unknown)
     collect_seconds: float = 0.0  # of which: start to the end of collection
     file_walls: dict[str, float] = field(default_factory=dict)  # project-relative file -> seconds its tests took
+    planned: tuple[str, ...] = ()  # project-relative files the shard named for this attempt (none: it named none)
 
     def project_file(self, nodeid: str) -> str:
         """The project-relative file of a node id (node ids are relative to pytest's rootdir)."""

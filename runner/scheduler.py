@@ -411,6 +411,7 @@ class Scheduler:
         self.on_outcome(outcome)
         att = evaluate(outcome, req.timeout)
         att.wall = wall
+        att.planned = () if req.rerun else state.shard.files  # the files the plan gave the shard
         state.attempts.append(att)
         rerun = None if self.cancelled else decide(att, state.budget, select)
         passed = sum(c.status is Status.PASSED for c in att.cases)

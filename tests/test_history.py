@@ -363,6 +363,7 @@ def attempt(
     collected: list[str] | None = None,
     order: list[str] | None = None,
     rootdir: str = "",
+    planned: tuple[str, ...] = (),
 ) -> Attempt:
     cases = cases or []
     finished = {c.nodeid for c in cases if c.nodeid}
@@ -380,6 +381,7 @@ def attempt(
         order=order or [],
         rootdir=rootdir,
         file_walls=walls or {},
+        planned=planned,
     )
 
 
@@ -458,6 +460,24 @@ def test_a_cancelled_part_of_a_split_file_leaves_the_file_unmeasured() -> None:
     )
 
     assert history.measured_file_walls(cell) == {}
+
+
+def test_a_file_given_to_a_shard_that_ran_none_of_its_tests_is_measured_at_zero() -> None:
+    """packaging's ``-m "not property"``: 18 files whose every test is deselected. Weighed by their test
+    definitions they made a 57 s cell look like 80 s, over the shard target: split in two for nothing."""
+    cell = cell_of(
+        attempt(
+            "shard-1of2",
+            wall=4.0,
+            walls={"a.py": 2.0},
+            cases=[case("a.py::t", 2.0)],
+            planned=("a.py", "property/test_slow.py", "skipped_at_import.py"),
+        ),
+        # a shard that timed out proves nothing of the files it was given
+        attempt("shard-2of2", kind="timeout", wall=9.0, collected=[], planned=("c.py",)),
+    )
+
+    assert history.measured_file_walls(cell) == {"a.py": 2.0, "property/test_slow.py": 0.0, "skipped_at_import.py": 0.0}
 
 
 def test_file_walls_are_project_relative_under_a_rootdir() -> None:

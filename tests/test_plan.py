@@ -512,3 +512,14 @@ def test_options_that_only_change_how_tests_run_are_not_conflicts() -> None:
     assert (
         pytest_config.conflicting_option(["-x", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml=o.xml"]) is None
     )
+
+
+def test_a_file_measured_at_zero_says_nothing_of_what_an_unmeasured_file_costs() -> None:
+    """A file whose tests are all deselected is measured at 0 s; the mean cost of a test, which weighs files the
+    history does not know, comes from the files that ran tests."""
+    tree = SourceTree(Path("."), (), b"", "d")
+    counts = {"a.py": 2, "deselected.py": 100, "new.py": 4}
+
+    weights = plan.estimate(tree, list(counts), {"a.py": 2.0, "deselected.py": 0.0}, counts=counts)
+
+    assert {f.path: f.weight for f in weights} == {"a.py": 2.0, "deselected.py": 0.0, "new.py": 4.0}
