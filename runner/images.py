@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import engine
+from runner import dependencies, engine
 from runner.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
@@ -108,12 +108,12 @@ def package_name(requirement: str) -> str | None:
     rest = requirement[m.end() :].lstrip()
     if rest and rest[0] not in "=<>!~[;@(,":
         return None  # pkg/sub, git+https://..., a file name with spaces
-    return re.sub(r"[-_.]+", "-", m.group(1)).lower()
+    return dependencies.normalize(m.group(1))
 
 
 def is_heavy(name: str, more: tuple[str, ...] = ()) -> bool:
     """Whether a (normalized) package name belongs in the heavy layer: a known heavy package or one of ``more``."""
-    extra = {re.sub(r"[-_.]+", "-", n).lower() for n in more}
+    extra = {dependencies.normalize(n) for n in more}
     return name in HEAVY_PACKAGES or name in extra or name.startswith(HEAVY_PREFIXES)
 
 

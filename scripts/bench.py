@@ -110,16 +110,16 @@ def suite_test_deps(project: Path) -> dict[str, list[str]]:
     extra or a dependency group named test or tests (PEP 621, PEP 735)."""
     from runner import dependencies
 
-    found: dict[str, list[str]] = {}
-    for key in ("extras", "groups"):
-        for name in ("test", "tests"):
-            try:
-                dependencies.requirements(project, dependencies=False, **{key: (name,)})  # type: ignore[arg-type]
-            except dependencies.DependencyError:
-                continue
-            found[key] = [name]
-            break
-    return found
+    def declared(extras: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> bool:
+        try:
+            dependencies.requirements(project, extras, groups, dependencies=False)
+        except dependencies.DependencyError:
+            return False
+        return True
+
+    extra = next(([n] for n in ("test", "tests") if declared(extras=(n,))), [])
+    group = next(([n] for n in ("test", "tests") if declared(groups=(n,))), [])
+    return {key: names for key, names in (("extras", extra), ("groups", group)) if names}
 
 
 def write_matrix(work: Path, project: Path, name: str) -> Path:

@@ -624,6 +624,19 @@ def test_file_walls_count_the_time_between_tests_and_share_out_collection() -> N
 # --- the plugin's records, as pytest writes them --------------------------------------------------------------------
 
 
+def plugin_report(folder: Path, test_file: str) -> bytes:
+    """The report the real plugin writes in a real pytest session (this interpreter's pytest, no container) of
+    ``folder/test_file``, a file with failures (pytest exits 1)."""
+    report = folder / "report.jsonl"
+    side = Path(results.__file__).parent / "container_side"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "matrix_run_plugin"]
+    argv += [f"--matrix-run-report={report}", test_file]
+    env = {**os.environ, "PYTHONPATH": str(side)}
+    proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    return report.read_bytes()
+
+
 def test_the_plugin_names_collected_tests_by_index_and_the_report_reads_them_back(tmp_path: Path) -> None:
     """The real plugin in a real pytest session (this interpreter's pytest, no container): 3,000 tests with long
     parameter ids, one failure, one skip, one xfail, one error at setup. Every test comes back with its outcome, and
@@ -655,15 +668,7 @@ def test_the_plugin_names_collected_tests_by_index_and_the_report_reads_them_bac
             """
         )
     )
-    report = tmp_path / "report.jsonl"
-    side = Path(results.__file__).parent / "container_side"
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "matrix_run_plugin"]
-    argv += [f"--matrix-run-report={report}", "test_many.py"]
-    env = {**os.environ, "PYTHONPATH": str(side)}
-    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 1, proc.stdout[-2000:]
-
-    data = report.read_bytes()
+    data = plugin_report(tmp_path, "test_many.py")
     rep = results.parse_report(data)
 
     assert rep.bad_records == 0
@@ -709,15 +714,7 @@ def test_subtests_fail_their_test_and_are_timed_inside_it(tmp_path: Path) -> Non
             """
         )
     )
-    report = tmp_path / "report.jsonl"
-    side = Path(results.__file__).parent / "container_side"
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "matrix_run_plugin"]
-    argv += [f"--matrix-run-report={report}", "test_sub.py"]
-    env = {**os.environ, "PYTHONPATH": str(side)}
-    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 1, proc.stdout[-2000:]
-
-    data = report.read_bytes()
+    data = plugin_report(tmp_path, "test_sub.py")
     rep = results.parse_report(data)
 
     assert {n.split("::")[-1]: r["outcome"] for n, r in rep.finished.items()} == {

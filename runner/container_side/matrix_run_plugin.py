@@ -304,12 +304,12 @@ def _location(report):
 
 def pytest_runtest_logreport(report):
     index = _index.get(report.nodeid)
-    if index is not None and report.passed and not hasattr(report, "wasxfail"):
-        duration, stop = report.duration or 0.0, getattr(report, "stop", None) or time.time()
-        if report.when in ("setup", "call", "teardown") and 0 <= duration < 1e12 and 0 <= stop < 1e12:
-            where = _location(report) if report.when == "setup" else ""
-            _write(_PASSED % (index, report.when, duration, stop, where))
-            return
+    duration, stop = report.duration or 0.0, getattr(report, "stop", None) or time.time()
+    plain = index is not None and report.passed and not hasattr(report, "wasxfail")
+    if plain and report.when in ("setup", "call", "teardown") and 0 <= duration < 1e12 and 0 <= stop < 1e12:
+        where = _location(report) if report.when == "setup" else ""
+        _write(_PASSED % (index, report.when, duration, stop, where))
+        return
     record = {"event": "test"}
     if index is None:
         record["nodeid"] = report.nodeid
@@ -317,8 +317,8 @@ def pytest_runtest_logreport(report):
         record["i"] = index
     record["when"] = report.when
     record["outcome"] = report.outcome
-    record["duration"] = round(report.duration or 0.0, 6)
-    record["stop"] = round(getattr(report, "stop", None) or time.time(), 4)
+    record["duration"] = round(duration, 6)
+    record["stop"] = round(stop, 4)
     if report.when == "setup" or report.failed:  # where the test is: once, and again with a failure
         record["file"], record["line"] = _where(report)
     if hasattr(report, "wasxfail"):
